@@ -1,0 +1,59 @@
+"""Persona expert (RecGPT-V2): one per persona, fanned out with ``Send``. Writes intents (interest +
+reason) and tags in "modifier + core word" form, each tag tied to an intent and a reason.
+
+Tag modes (``Context.tag_vocabulary``): ``open`` lets the model write any 2–4-word tag (the paper;
+for capable models); ``catalogue`` constrains tags to product-type phrases of the shop's catalogue
+near the user's categories (``graphs.prepare``), an enum the grammar enforces. Small local models
+(the embedded 135M default) write junk tags in open mode ("Mike ia", "intent"), so the local
+backend defaults to ``catalogue``: the model still chooses which product types serve which intent.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import BaseModel, Field, create_model
+
+from agents.common import call_agent
+from graphs.context import Context
+
+
+class Intent(BaseModel):
+    interest: str = Field(min_length=1, max_length=80)
+    reason: str = Field(default="", max_length=160)
+
+
+#: "modifier + core word": 2 to 4 plain words. Grammar-constrained backends cannot emit anything else.
+TAG_PATTERN = r"^[A-Za-z][A-Za-z'-]*( [A-Za-z][A-Za-z'-]*){1,3}$"
+
+
+class TagProposal(BaseModel):
+    tag: str = Field(min_length=3, max_length=48, pattern=TAG_PATTERN, description="modifier + core word, 2 to 4 words")
+    intent: str = Field(default="", max_length=80)
+    reason: str = Field(default="", max_length=160)
+
+
+@lru_cache(maxsize=64)
+def expert_schema(n_tags: int, vocabulary: tuple[str, ...] | None = None) -> type[BaseModel]:
+    """``vocabulary`` (the ``catalogue`` tag mode): tags must be one of these catalogue phrases, so a
+    grammar-constrained model can only name product types the shop sells."""
+    proposal = TagProposal
+    if vocabulary:
+        proposal = create_model("TagProposal", __base__=TagProposal,
+                                tag=(Literal[vocabulary], Field(description="one product type from the list")))
+    return create_model(
+        "ExpertOutput",
+        intents=(list[Intent], Field(min_length=1, max_length=3)),
+        tags=(list[proposal], Field(min_length=1, max_length=n_tags)),
+    )
+
+
+def propose(ctx: Context, shared_context: str, persona: dict, feedback: str = "",
+            vocabulary: tuple[str, ...] | None = None) -> tuple[BaseModel, dict]:
+    return call_agent(
+        ctx, node="expert", role="expert", template="expert", schema=expert_schema(ctx.n_tags, vocabulary),
+        subject=persona["name"], shared_context=shared_context, persona_name=persona["name"],
+        persona_focus=persona["focus"], persona_evidence=persona.get("evidence", ""), n_tags=ctx.n_tags,
+        feedback=feedback,
+    )

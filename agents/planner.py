@@ -1,0 +1,52 @@
+"""Global Planner (RecGPT-V2): reads the shared context C and splits the user into K personas.
+
+The output schema is built per K (``planner_schema(k)``) with ``min_length = max_length = K``, so a
+grammar-constrained backend cannot return a different number of personas and the fan-out is always
+exactly K experts.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import BaseModel, Field, create_model
+
+from agents.common import call_agent
+from graphs.context import Context
+
+
+class Persona(BaseModel):
+    name: str = Field(min_length=1, max_length=40, description="2 to 4 words")
+    focus: str = Field(min_length=1, max_length=160, description="what this persona shops for")
+    evidence: str = Field(default="", max_length=200, description="items or categories from the history")
+
+
+@lru_cache(maxsize=16)
+def planner_schema(k: int) -> type[BaseModel]:
+    return create_model(
+        "PlannerOutput",
+        personas=(list[Persona], Field(min_length=k, max_length=k)),
+    )
+
+
+def plan(ctx: Context, shared_context: str) -> tuple[list[Persona], dict]:
+    out, stat = call_agent(ctx, node="planner", role="planner", template="planner",
+                           schema=planner_schema(ctx.n_personas), shared_context=shared_context,
+                           k=ctx.n_personas)
+    personas = _dedupe(list(out.personas))
+    return personas, stat
+
+
+def _dedupe(personas: list[Persona]) -> list[Persona]:
+    """Keep K personas but make their names unique (expert node ids and traces key on them)."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in personas:
+        name = p.name.strip() or "persona"
+        if name.lower() in seen:
+            seen[name.lower()] += 1
+            name = f"{name} {seen[name.lower()]}"
+        else:
+            seen[name.lower()] = 1
+        out.append(p.model_copy(update={"name": name}))
+    return out

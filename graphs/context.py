@@ -1,0 +1,112 @@
+"""The run-time ``Context`` given to the graph as ``context_schema`` (LangGraph's runtime context).
+
+It holds what a run is configured with, not what it computes: models per role, the prompt
+registry, sizes (K personas, N tags, items per tag), retrieval β, bounds, judge settings and the
+environment (the "now" date, season, holidays). The date is injectable so runs are reproducible and
+offline evaluation can run "as of" a cutoff.
+
+Nodes read it as ``runtime.context``; the judge subgraph reads the same object. Nothing here is
+checkpointed, so it may hold live objects (models, the registry).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime
+from typing import Any, Literal
+
+from langchain_core.language_models import BaseChatModel
+
+from prompts.registry import PromptRegistry
+
+ROLES = ("planner", "expert", "arbiter", "explainer", "judge")
+
+_SEASONS = {12: "winter", 1: "winter", 2: "winter", 3: "spring", 4: "spring", 5: "spring",
+            6: "summer", 7: "summer", 8: "summer", 9: "autumn", 10: "autumn", 11: "autumn"}
+
+# (month, day, name): fixed-date holidays, plus a window before each that counts as "coming up".
+_HOLIDAYS = [(1, 1, "New Year's Day"), (2, 14, "Valentine's Day"), (7, 4, "Independence Day"),
+             (10, 31, "Halloween"), (12, 25, "Christmas"), (12, 31, "New Year's Eve")]
+
+
+def _thanksgiving(year: int) -> date:
+    d = date(year, 11, 1)
+    first_thu = 1 + (3 - d.weekday()) % 7
+    return date(year, 11, first_thu + 21)
+
+
+def upcoming_holidays(now: date, days: int = 30) -> list[str]:
+    out = []
+    cands = [(date(y, m, d), n) for y in (now.year, now.year + 1) for m, d, n in _HOLIDAYS]
+    cands += [(_thanksgiving(y), "Thanksgiving") for y in (now.year, now.year + 1)]
+    for when, name in sorted(cands):
+        if 0 <= (when - now).days <= days:
+            out.append(f"{name} ({when:%b %d})")
+    return out
+
+
+@dataclass
+class Environment:
+    now: datetime
+    season: str
+    holidays: list[str]
+
+    @classmethod
+    def at(cls, now: datetime | date | str | None = None, holidays: list[str] | None = None) -> Environment:
+        if now is None:
+            now = datetime.now()
+        elif isinstance(now, str):
+            now = datetime.fromisoformat(now)
+        elif not isinstance(now, datetime):
+            now = datetime(now.year, now.month, now.day)
+        return cls(now=now, season=_SEASONS[now.month],
+                   holidays=holidays if holidays is not None else upcoming_holidays(now.date()))
+
+    def describe(self) -> str:
+        hol = ", ".join(self.holidays) if self.holidays else "none in the next 30 days"
+        return f"Date: {self.now:%Y-%m-%d} ({self.now:%A}). Season: {self.season}. Upcoming holidays: {hol}."
+
+
+@dataclass
+class Context:
+    #: one chat model per role (``ROLES``); a ``"default"`` entry serves roles not listed
+    models: dict[str, BaseChatModel]
+    prompts: PromptRegistry = field(default_factory=PromptRegistry)
+    n_personas: int = 3
+    n_tags: int = 6
+    items_per_tag: int = 3
+    n_items: int = 8
+    beta: float = 0.6
+    #: how many times a B-graded tag set / explanation is regenerated with the judge's feedback
+    regen_limit: int = 1
+    judge_mode: Literal["joint", "per_dimension"] = "joint"
+    #: "open": experts write any 2-4-word tag; "catalogue": tags are constrained (grammar enum) to
+    #: catalogue product types near the user's categories (agents/expert.py)
+    tag_vocabulary: Literal["open", "catalogue"] = "open"
+    #: "llm": rules, then the LLM judges the rest (the paper); "semantic": rules plus embedding
+    #: evaluators, no LLM judge calls (for small local models that cannot judge; judges/semantic.py)
+    judge_profile: Literal["llm", "semantic"] = "llm"
+    #: the embedding evaluators used by the "semantic" profile (judges.semantic.SemanticJudge)
+    semantic_judge: Any = None
+    #: share of positive dimensions at or above which a defect-free output is graded S (else A)
+    judge_s_threshold: float = 0.75
+    #: validation retries inside one structured call
+    max_attempts: int = 3
+    #: token budget for the compressed history in the shared context
+    history_budget: int = 1500
+    #: days of purchases that count as "recent" for the arbiter's freshness rule
+    recent_days: int = 21
+    #: the environment; ``now`` is also the cutoff for the history the agents see
+    env: Environment = field(default_factory=Environment.at)
+    #: if every LLM attempt fails in planning, fall back to collaborative-only retrieval (marked)
+    fallback_collaborative: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def model(self, role: str) -> BaseChatModel:
+        m = self.models.get(role) or self.models.get("default")
+        if m is None:
+            raise KeyError(f"no model configured for role {role!r} (and no 'default')")
+        return m
+
+    def with_overrides(self, **overrides: Any) -> Context:
+        return replace(self, **overrides)

@@ -1,0 +1,94 @@
+"""Build the shared context C for one user (RecGPT-V2): compressed behaviours + structured summary +
+user attributes + environment, rendered once per run with the ``shared_context`` template.
+
+Only history strictly before ``Context.env.now`` is used, so a run "as of" a past date sees no
+future behaviour (offline evaluation relies on this). The rendered text is the identical prefix of
+every planner, expert and arbiter prompt in the run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents.expert import TAG_PATTERN
+from behavior.compress import compress_history
+from behavior.schema import Dataset
+from graphs.context import Context
+
+
+@dataclass
+class PreparedContext:
+    shared_context: str
+    evidence: str
+    recent_purchases: list[str]
+    stats: dict[str, Any] = field(default_factory=dict)
+    #: catalogue product-type phrases near the user's categories (the ``catalogue`` tag mode)
+    tag_vocabulary: list[str] = field(default_factory=list)
+
+
+_TYPES_BY_CATEGORY: dict[int, dict[str, list[str]]] = {}
+_TAG_RE = re.compile(TAG_PATTERN)
+
+
+def types_by_category(dataset: Dataset) -> dict[str, list[str]]:
+    """category -> distinct product-type phrases (lower case, 2–4 plain words), computed once."""
+    key = id(dataset)
+    if key not in _TYPES_BY_CATEGORY:
+        rows = dataset.items.select("category", "title").unique()
+        out: dict[str, set[str]] = {}
+        for cat, title in rows.iter_rows():
+            phrase = re.sub(r"[^a-z' -]", " ", (title or "").split(",")[0].lower())
+            phrase = re.sub(r"\s+", " ", phrase).strip()
+            if cat and _TAG_RE.match(phrase):
+                out.setdefault(cat, set()).add(phrase)
+        _TYPES_BY_CATEGORY[key] = {c: sorted(v) for c, v in out.items()}
+    return _TYPES_BY_CATEGORY[key]
+
+
+def tag_vocabulary(dataset: Dataset, categories: list[str], exclude: set[str], limit: int = 150) -> list[str]:
+    """Product types of the user's top categories, round-robin across categories, minus ``exclude``."""
+    by_cat = types_by_category(dataset)
+    queues = [[t for t in by_cat.get(c, []) if t not in exclude] for c in categories]
+    out: list[str] = []
+    while len(out) < limit and any(queues):
+        for q in queues:
+            if q and len(out) < limit:
+                t = q.pop(0)
+                if t not in out:
+                    out.append(t)
+    return out
+
+
+def _default_counter() -> Callable[[str], int]:
+    from behavior.tokens import default_counter
+
+    return default_counter()
+
+
+def prepare_user(dataset: Dataset, user_id: str, ctx: Context, *,
+                 count_tokens: Callable[[str], int] | None = None) -> PreparedContext:
+    now = ctx.env.now
+    hist = dataset.history_with_items(user_id, before=now)
+    counter = count_tokens or _default_counter()
+    comp = compress_history(hist, count_tokens=counter, budget=ctx.history_budget, now=now,
+                            weights=dataset.weights)
+    summary, st = comp.summary, comp.stats
+    top = ", ".join(f"{c.category} ({c.count})" for c in summary.top_categories[:8])
+    behaviours = ", ".join(f"{b}: {n}" for b, n in summary.behavior_counts.items())
+    summary_text = (f"{st.events_total} events ({behaviours}) from {summary.first_date} to {summary.last_date}; "
+                    f"top categories: {top}.")
+    recent = sorted({rp.label for rp in summary.recent_purchases if rp.days_ago <= ctx.recent_days})
+    user = dataset.user(user_id)
+    shared = ctx.prompts.get("shared_context").render(
+        history=comp.text, summary=summary_text, user_attributes=user.attributes, environment=ctx.env.describe(),
+    )[0].content
+    evidence = f"often buys {top}" if top else ""
+    stats = {"raw_tokens": st.raw_tokens, "compressed_tokens": st.compressed_tokens,
+             "within_budget": st.within_budget, "items_total": st.distinct_items_kept,
+             "items_retained": st.distinct_items_retained}
+    vocab = tag_vocabulary(dataset, [c.category for c in summary.top_categories[:10]], exclude=set(recent))
+    return PreparedContext(shared_context=shared, evidence=evidence[:300], recent_purchases=recent, stats=stats,
+                           tag_vocabulary=vocab)

