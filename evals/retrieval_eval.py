@@ -130,7 +130,7 @@ def honest_notes(results: dict[str, dict], ks) -> tuple[dict, list[str]]:
         losses = []
         for key, v in fused.items():
             r = results[ref].get(key)
-            if v is None or r is None or key.startswith("coverage") and False:
+            if v is None or r is None:
                 continue
             if key.startswith("tail") or key.startswith("diversity") or key.startswith("coverage"):
                 continue  # not accuracy figures: higher is not simply "better"
@@ -255,7 +255,8 @@ def render(report: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    # 13 columns do not fit 80: never let rich squeeze them to "0.…" when output is piped
+    console = console or Console(width=max(Console().width, 180))
     ks = report["protocol"]["ks"]
     s = report["split"]
     console.print(f"[bold]Retrieval evaluation[/] on {report['dataset']}: cutoff {report['protocol']['cutoff_used'][:10]}, "

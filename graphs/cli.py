@@ -26,6 +26,9 @@ def recommend_cmd(
     base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible server URL (openai backend)."),
     model: str = typer.Option(None, "--model", help="Model name (openai) or GGUF path (local)."),
     now: str = typer.Option(None, "--now", help="Environment date (YYYY-MM-DD); history after it is hidden."),
+    index_cutoff: str = typer.Option(
+        None, "--index-cutoff", help="Use towers and index trained only on behaviours before YYYY-MM-DD (built "
+        "and cached on first use; the offline evaluation's build for 2017-10-01 is reused). Default: all data."),
     prompts: str = typer.Option(None, "--prompts", help="Prompt override folder."),
     personas: int = typer.Option(None, "--personas", help="K personas."),
     tags: int = typer.Option(None, "--tags", help="N final tags."),
@@ -42,7 +45,20 @@ def recommend_cmd(
     ctx_over = {k: v for k, v in {"n_personas": personas, "n_tags": tags, "n_items": items,
                                   "judge_mode": judge_mode}.items() if v is not None}
     t0 = time.perf_counter()
-    rec = IntentRec.from_settings(dataset, llm_settings=settings, prompts_dir=prompts, progress=not as_json)
+    retrieval_settings = None
+    if index_cutoff:
+        from datetime import datetime
+
+        from retrieval.settings import RetrievalSettings
+
+        try:
+            cutoff = datetime.fromisoformat(index_cutoff)
+        except ValueError as e:
+            raise typer.BadParameter(f"not a date: {index_cutoff!r} (use YYYY-MM-DD)",
+                                     param_hint="--index-cutoff") from e
+        retrieval_settings = RetrievalSettings(cutoff=cutoff)
+    rec = IntentRec.from_settings(dataset, llm_settings=settings, retrieval_settings=retrieval_settings,
+                                  prompts_dir=prompts, progress=not as_json)
     t_load = time.perf_counter() - t0
     seen_nodes: list[str] = []
     final: dict[str, Any] = {}

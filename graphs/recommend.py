@@ -217,17 +217,27 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
         ctx = runtime.context
         tags = state.get("tags", [])
         want = ctx.n_items
+        # twice as many as needed: catalogues repeat a title under several ids (completejourney has
+        # "Bagged Cheese Snacks, 12 oz" from two manufacturers); only the best-scored one is shown
         if state.get("fallback") or not tags:
-            res = retriever.search(state["user_id"], [], want, beta=1.0)
+            res = retriever.search(state["user_id"], [], 2 * want, beta=1.0)
             fallback = state.get("fallback") or "collaborative_only: no tag passed the judge"
             by_tag: dict[str, dict] = {}
         else:
-            res = retriever.search(state["user_id"], [t["tag"] for t in tags], max(want, ctx.items_per_tag * len(tags)),
+            res = retriever.search(state["user_id"], [t["tag"] for t in tags],
+                                   2 * max(want, ctx.items_per_tag * len(tags)),
                                    beta=ctx.beta, per_tag_quota=ctx.items_per_tag)
             fallback = None
             by_tag = {t["tag"]: t for t in tags}
-        cands = []
-        for c in res.candidates[:want]:
+        cands, titles, dup_drops = [], set(), []
+        for c in res.candidates:
+            if len(cands) == want:
+                break
+            key = " ".join(c.title.lower().split())
+            if key in titles:
+                dup_drops.append(_drop("retrieve", c.item_id, "duplicate_title"))
+                continue
+            titles.add(key)
             src_tag = next((t for t in c.tags if t in by_tag), None)
             t = by_tag.get(src_tag or "", {})
             cands.append({
@@ -236,8 +246,9 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
                 "persona": t.get("persona"), "intent": t.get("intent", ""), "evidence": t.get("evidence", ""),
             })
         update: dict[str, Any] = {"candidates": cands, "fallback": fallback}
-        if list(res.flags):
-            update["drops"] = [_drop("retrieve", state["user_id"], f"flag:{f}") for f in res.flags]
+        drops = [_drop("retrieve", state["user_id"], f"flag:{f}") for f in res.flags] + dup_drops
+        if drops:
+            update["drops"] = drops
         return update
 
     def route_explain(state: State) -> Any:

@@ -195,8 +195,9 @@ def quota_merge(fused: np.ndarray, tag_lists: Sequence[Sequence[int]], k: int, t
     return sorted(chosen, key=lambda p: rank[p])
 
 
-def clean_tags(tags: Sequence[str] | None) -> tuple[list[str], list[str]]:
-    """Strip, collapse spaces, drop blanks, de-duplicate case-insensitively; returns (tags, flags)."""
+def clean_tags(tags: Sequence[str] | None, *, allow_empty: bool = False) -> tuple[list[str], list[str]]:
+    """Strip, collapse spaces, drop blanks, de-duplicate case-insensitively; returns (tags, flags).
+    ``allow_empty`` (collaborative-only requests, β = 1) accepts an empty list."""
     if tags is None or isinstance(tags, str):
         raise EmptyTagsError("tags must be a list of strings" if isinstance(tags, str) else
                              "tags must contain at least one non-blank tag")
@@ -217,7 +218,7 @@ def clean_tags(tags: Sequence[str] | None) -> tuple[list[str], list[str]]:
         flags.append(f"dropped_blank_tags:{blanks}")
     if len(out) < len(tags) - blanks:
         flags.append("merged_duplicate_tags")
-    if not out:
+    if not out and not allow_empty:
         raise EmptyTagsError()
     return out, flags
 
@@ -321,9 +322,13 @@ class Retriever:
 
         reqs = []
         for uid, tg, ex in zip(user_ids, tags, excl, strict=True):
-            clean, flags = clean_tags(tg)
-            ex_codes = {self._item_code[i] for i in (ex or ()) if i in self._item_code}
             known = self.knows_user(uid)
+            # no tags is a valid request only when it asks for the user channel alone (β = 1) of a known
+            # user: the graph's documented collaborative-only fallback
+            clean, flags = clean_tags(tg, allow_empty=beta == 1.0 and known)
+            if not clean:
+                flags = ["collaborative_only", *flags]
+            ex_codes = {self._item_code[i] for i in (ex or ()) if i in self._item_code}
             b = beta if known else 0.0
             if not known:
                 flags = ["unknown_user", "tag_channel_only", *flags]
@@ -384,11 +389,14 @@ class Retriever:
         if len(codes) == 0:
             return SearchResult(candidates=[], user_known=r["known"], flags=[*r["flags"], "no_candidates"])
         V = self.item_vecs[codes]
-        raw_t = V @ tv.T  # (n_cand, n_tags)
-        z_t_all = zscores(raw_t, tv, self.mu, self.cov)
-        best = z_t_all.argmax(axis=1)
-        z_t = z_t_all[np.arange(len(codes)), best]
-        raw_t_best = raw_t[np.arange(len(codes)), best]
+        if r["tags"]:
+            raw_t = V @ tv.T  # (n_cand, n_tags)
+            z_t_all = zscores(raw_t, tv, self.mu, self.cov)
+            best = z_t_all.argmax(axis=1)
+            z_t = z_t_all[np.arange(len(codes)), best]
+            raw_t_best = raw_t[np.arange(len(codes)), best]
+        else:  # collaborative-only request (β = 1): the tag term has weight 0
+            z_t, raw_t_best = np.zeros(len(codes)), None
         if r["known"]:
             u = self.user_vecs[self._user_code[r["user"]]]
             raw_u = V @ u
@@ -411,7 +419,7 @@ class Retriever:
             cands.append(Candidate(
                 item_id=self.index.item_ids[c], title=self.titles[c], category=self.categories[c],
                 score=float(fused[p]), user_score=None if raw_u is None else float(raw_u[p]),
-                tag_score=float(raw_t_best[p]), tags=e["tags"],
+                tag_score=None if raw_t_best is None else float(raw_t_best[p]), tags=e["tags"],
                 sources=[s for s in ("user", "tag") if s in e["src"]]))
         flags = list(r["flags"])
         if r["excl"]:

@@ -602,13 +602,7 @@ class RunLog:
 
     def tasks(self, run_id: str) -> list[dict[str, Any]]:
         rows = self._query("SELECT * FROM tasks WHERE run_id=? ORDER BY seq", (run_id,))
-        out = []
-        for r in rows:
-            d = dict(r)
-            for k in ("input_ref_json", "input_json", "result_json"):
-                d[k.removesuffix("_json")] = loads(d.pop(k))
-            out.append(d)
-        return out
+        return _decode_json_columns(rows, ("input_ref_json", "input_json", "result_json"))
 
     def calls(self, run_id: str, *, node: str | None = None) -> list[dict[str, Any]]:
         sql, params = "SELECT * FROM calls WHERE run_id=?", [run_id]
@@ -616,13 +610,7 @@ class RunLog:
             sql += " AND node=?"
             params.append(node)
         rows = self._query(sql + " ORDER BY call_id", params)
-        out = []
-        for r in rows:
-            d = dict(r)
-            for k in ("messages_json", "parsed_json", "record_json"):
-                d[k.removesuffix("_json")] = loads(d.pop(k))
-            out.append(d)
-        return out
+        return _decode_json_columns(rows, ("messages_json", "parsed_json", "record_json"))
 
     def recommendations(self, run_id: str) -> list[dict[str, Any]]:
         return [loads(r["json"]) for r in self._query("SELECT json FROM recommendations WHERE run_id=? ORDER BY rank",
@@ -689,3 +677,14 @@ def open_runlog(path: str | Path | None = None) -> RunLog:
 
 def elapsed(t0: float) -> float:
     return round(time.perf_counter() - t0, 4)
+
+
+def _decode_json_columns(rows, columns: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Rows as dicts, each ``<name>_json`` column decoded into ``<name>``."""
+    out = []
+    for r in rows:
+        d = dict(r)
+        for k in columns:
+            d[k.removesuffix("_json")] = loads(d.pop(k))
+        out.append(d)
+    return out

@@ -305,3 +305,17 @@ def test_tag_regeneration_keeps_passed_tags(cj, items, user_id):
     arb = model.calls_for("ArbiterOutput")
     assert len(arb) == 2 and "rejected some earlier choices" in arb[1].text
     assert "family organic cereal" not in arb[1].text.split("Candidate tags", 1)[1].split("Choose", 1)[0]
+
+
+def test_retrieve_drops_repeated_titles_and_counts_them(iso, cj, user_id, items):
+    """Catalogues list one title under several ids; the node shows the best-scored one, fills the slot
+    from further down, and records each dropped duplicate."""
+    _, ctx = iso
+    dup = dict(items[1], item_id=items[1]["item_id"] + "-dup", title=items[0]["title"].upper() + "  ")
+    retriever = FakeRetriever([items[0], dup, *items[2:]])
+    g2 = build_graph(dataset=cj, retriever=retriever)
+    tags = [{"tag": "organic baby food", "persona": "a", "intent": "i", "evidence": "e"}]
+    out = run_node(g2, "retrieve", {"user_id": user_id, "tags": tags}, ctx)
+    assert [c["item_id"] for c in out["candidates"]] == [items[0]["item_id"], items[2]["item_id"], items[3]["item_id"]]
+    assert {"stage": "retrieve", "subject": dup["item_id"], "reason": "duplicate_title"} in out["drops"]
+    assert retriever.calls[-1]["k"] >= 2 * ctx.n_items  # over-fetched so the slot can be refilled

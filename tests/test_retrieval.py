@@ -216,6 +216,21 @@ def test_empty_tags_raise(retriever, user_and_tags, tags):
         retriever.search(user_and_tags[0], tags, 10)
 
 
+def test_no_tags_with_beta_one_is_the_collaborative_only_fallback(retriever, user_and_tags):
+    """The graph's documented fallback (planner failed or no tag passed the judge) asks for β=1 and no
+    tags: a known user gets the user channel alone, flagged; an unknown user has nothing to go on."""
+    u, tags = user_and_tags
+    res = retriever.search(u, [], 10, beta=1.0)
+    assert "collaborative_only" in res.flags
+    assert len(res.candidates) == 10 and all(c.sources == ["user"] and not c.tags for c in res.candidates)
+    same = retriever.search(u, tags, 10, beta=1.0)
+    assert [c.item_id for c in res.candidates] == [c.item_id for c in same.candidates]
+    with pytest.raises(EmptyTagsError):
+        retriever.search("no-such-user", [], 10, beta=1.0)
+    with pytest.raises(EmptyTagsError):
+        retriever.search(u, [], 10, beta=0.6)
+
+
 @pytest.mark.parametrize("k", [0, -3, 2.5, True])
 def test_bad_k_raises(retriever, user_and_tags, k):
     u, tags = user_and_tags
