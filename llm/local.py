@@ -157,11 +157,18 @@ def unload_all() -> None:
 
 # ----- grammars -------------------------------------------------------------------------------------
 
+#: llama-cpp-python's converter (0.3.36) lets a JSON string hold raw control characters (its ``char`` rule
+#: is ``[^"\\]``), which strict JSON rejects: a real explainer run lost an item to "Invalid control
+#: character". llama.cpp's own converter excludes them; this puts that rule back.
+_LOOSE_CHAR = 'char ::= [^"\\\\] |'
+_STRICT_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+
+
 @lru_cache(maxsize=256)
 def _grammar_text(schema_json: str) -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-    return json_schema_to_gbnf(schema_json)
+    return json_schema_to_gbnf(schema_json).replace(_LOOSE_CHAR, _STRICT_CHAR)
 
 
 def grammar_for(schema: dict[str, Any], *, name: str = "", model: str = "") -> Any:

@@ -169,3 +169,22 @@ def test_prompt_longer_than_the_context_is_typed():
     with pytest.raises(ContextLengthError) as ei:
         small.invoke([HumanMessage("buy oat milk " * 200)])
     assert "n_ctx=128" in str(ei.value) and ei.value.model == "SmolLM2-135M-Instruct.Q4_1"
+
+
+def test_string_grammar_forbids_raw_control_characters(model):
+    """llama-cpp-python's converter allows raw control characters in JSON strings (strict JSON does not);
+    ``grammar_for`` restores llama.cpp's rule. The model is asked for a multi-line, tabbed answer: with the
+    grammar it can only write escapes, so the raw output parses as strict JSON."""
+    from llm.local import _grammar_text
+
+    class Poem(BaseModel):
+        text: str = Field(min_length=8, max_length=160)
+
+    gbnf = _grammar_text(json.dumps(Poem.model_json_schema()))
+    char_rule = next(line for line in gbnf.splitlines() if line.startswith("char ::="))
+    assert char_rule.startswith(r'char ::= [^"\\\x7F\x00-\x1F] |')
+    msgs = [HumanMessage("Write a three-line poem about bread. Put each line on its own line, "
+                         "and start every line with a tab character.")]
+    res = structured_call(model, Poem, msgs, max_attempts=1)
+    json.loads(res.record.raw, strict=True)
+    assert not any(ord(ch) < 0x20 for ch in res.value.text if ch not in "\n\t\r")
