@@ -37,7 +37,9 @@ Rules (explanations)
   category path, brand, attributes), the user's evidence and the environment: every number must
   appear there; a quantity with a unit ("16 oz") must not contradict the unit the facts give that
   number; a known brand (``banned_terms``) must be the item's own or appear in the facts; a named
-  department/aisle/section ("from our bakery section") must match the item's category words.
+  department/aisle/section ("from our bakery section") must match the item's category words; what
+  the text says the item *is* ("this kids cereal", "this is a bag of baked bread") may not name a
+  product noun (:data:`PRODUCT_NOUNS`) that the item's own facts lack.
   Otherwise undecided (the model judges other claims).
 * **timeliness** -- when the explanation names a season or a holiday, it must fit the environment's
   date: the current season (or the next one within 30 days / the previous one within 14 days), a
@@ -154,6 +156,15 @@ DEPARTMENTS: dict[str, frozenset[str]] = {
         "alcohol": "alcohol liquor beer wine spirit",
     }.items()
 }
+
+#: product nouns an explanation may call the item ("this kids cereal"): the department keywords plus
+#: common grocery and household nouns; singular, compared with folded words
+PRODUCT_NOUNS: frozenset[str] = frozenset().union(*DEPARTMENTS.values()) | frozenset(
+    ["cereal", "chip", "snack", "cracker", "candy", "chocolate", "pasta", "rice", "soup", "sauce", "noodle", "towel", "tissue", "detergent", "soap", "shampoo", "toothpaste", "cheese", "granola", "oatmeal", "popcorn", "pretzel", "nut", "jam", "jelly", "peanut", "cola"])
+
+#: "this <up to 4 words>" / "this is a <...>": the noun phrase an explanation says the item *is*
+_THIS_CLAIM = re.compile(r"\bthis\s+(?:is\s+(?:a|an|the)\s+)?((?:[^\W\d_][\w'-]*\s+){0,3}[^\W\d_][\w'-]*)",
+                         re.I)
 
 SEASONS = ("winter", "spring", "summer", "autumn")
 _SEASON_OF_MONTH = {12: "winter", 1: "winter", 2: "winter", 3: "spring", 4: "spring", 5: "spring",
@@ -439,6 +450,13 @@ def explanation_factuality(req: JudgeRequest) -> DimensionVerdict | None:
             if named & keys and not fact_words & keys:
                 return _defect("factuality", f"places the item in the {m.group(1)!r} section ({dept}), but the "
                                              f"item is {req.item.category or req.item.title!r}")
+    # what the explanation says the item is ("this kids cereal", "this is a bag of baked bread") must be
+    # in the item's own facts: the user's evidence may name other products, the item may not become one
+    for m in _THIS_CLAIM.finditer(text):
+        wrong = [w for w in folded(m.group(1)) if w in PRODUCT_NOUNS and w not in fact_words]
+        if wrong:
+            return _defect("factuality", f"calls the item {m.group(1)!r} ({wrong[0]}), but the item is "
+                                         f"{req.item.title or req.item.category!r}")
     return None
 
 

@@ -175,6 +175,34 @@ def test_factuality_defects(text, needle):
     assert v is not None and v.outcome == "defect" and needle in v.reason
 
 
+CHEESE_SNACKS = ItemFacts(item_id="980263", title="Bagged Cheese Snacks, 12 oz", category="BAG SNACKS",
+                          category_path=["GROCERY", "BAG SNACKS", "CHEESE SNACKS"])
+SOFT_DRINKS = ItemFacts(item_id="5569230", title="Soft Drinks 12/18&15Pk Can Car, 12 oz", category="SOFT DRINKS",
+                        category_path=["GROCERY", "SOFT DRINKS", "SOFT DRINKS 12/18&15PK CAN CAR"])
+
+
+@pytest.mark.parametrize("item,text,needle", [
+    # both written by the embedded model in real runs, and passed by the semantic judge before this rule
+    (CHEESE_SNACKS, "You often pick up Baked Bread/Baked Goods, and this is a bag of Baked Bread, and it's a "
+                    "good choice for a school-day breakfasts.", "Baked Bread"),
+    (SOFT_DRINKS, "You often pick up soft drinks, and this kids cereal makes school-day breakfasts quick and easy.",
+     "cereal"),
+])
+def test_factuality_item_called_another_product(item, text, needle):
+    v = explanation_factuality(expl(text, item=item, evidence="Baked Bread/Baked Goods; kids cereal"))
+    assert v is not None and v.outcome == "defect" and needle in v.reason
+
+
+@pytest.mark.parametrize("item,text", [
+    (CHEESE_SNACKS, "You often pick up baked bread, and this cheese snack goes well with it."),
+    (SOFT_DRINKS, "You often pick up soft drinks, and this is a drink for the whole family."),
+    (YOGURT, "This greek yogurt is a plain, creamy pick for your breakfasts."),
+    (YOGURT, "This is a fun item to keep in the fridge."),
+])
+def test_factuality_item_called_what_it_is(item, text):
+    assert explanation_factuality(expl(text, item=item, evidence="Baked Bread/Baked Goods")) is None
+
+
 def test_factuality_cannot_decide_without_item_facts():
     assert explanation_factuality(expl("A 16 oz tub", item=None)) is None
 
