@@ -140,18 +140,11 @@ def compress(
     unknown_type: UnknownType = _UNKNOWN_OPT,
 ) -> None:
     """A user's compressed behaviour context, with raw and compressed token counts."""
-    from datetime import datetime
-
     from behavior.compress import CompressionConfig, compress_user
     from behavior.tokens import get_token_counter
-    from core.errors import IntentRecError
+    from core.options import parse_date
 
-    when = None
-    if now:
-        try:
-            when = datetime.fromisoformat(now)
-        except ValueError:
-            raise IntentRecError(f"--now {now!r} is not an ISO-8601 date or date-time") from None
+    when = parse_date(now, "--now")
     cfg_kw: dict[str, Any] = {}
     if budget is not None:
         cfg_kw["budget"] = budget

@@ -51,8 +51,8 @@ def eval_retrieval(
 ) -> None:
     """Offline retrieval evaluation: baselines vs IntentRec variants on one temporal split."""
     import json
-    from datetime import datetime
 
+    from core.options import parse_date
     from core.paths import data_dir
     from evals.protocol import Protocol
     from evals.retrieval_eval import render, run_retrieval_eval, write_report
@@ -65,7 +65,7 @@ def eval_retrieval(
 
         torch.set_num_threads(threads)
         faiss.omp_set_num_threads(threads)
-    protocol = Protocol(cutoff=datetime.fromisoformat(cutoff) if cutoff else None, window_days=window,
+    protocol = Protocol(cutoff=parse_date(cutoff, "--cutoff"), window_days=window,
                         min_train_events=min_events, seed=seed, max_users=max_users)
     settings = RetrievalSettings(epochs=epochs, beta=beta, seed=seed, num_threads=threads)
     report = run_retrieval_eval(dataset, protocol=protocol, settings=settings,

@@ -47,16 +47,10 @@ def recommend_cmd(
     t0 = time.perf_counter()
     retrieval_settings = None
     if index_cutoff:
-        from datetime import datetime
-
+        from core.options import parse_date
         from retrieval.settings import RetrievalSettings
 
-        try:
-            cutoff = datetime.fromisoformat(index_cutoff)
-        except ValueError as e:
-            raise typer.BadParameter(f"not a date: {index_cutoff!r} (use YYYY-MM-DD)",
-                                     param_hint="--index-cutoff") from e
-        retrieval_settings = RetrievalSettings(cutoff=cutoff)
+        retrieval_settings = RetrievalSettings(cutoff=parse_date(index_cutoff, "--index-cutoff"))
     rec = IntentRec.from_settings(dataset, llm_settings=settings, retrieval_settings=retrieval_settings,
                                   prompts_dir=prompts, progress=not as_json)
     t_load = time.perf_counter() - t0

@@ -159,8 +159,11 @@ DEPARTMENTS: dict[str, frozenset[str]] = {
 
 #: product nouns an explanation may call the item ("this kids cereal"): the department keywords plus
 #: common grocery and household nouns; singular, compared with folded words
-PRODUCT_NOUNS: frozenset[str] = frozenset().union(*DEPARTMENTS.values()) | frozenset(
-    ["cereal", "chip", "snack", "cracker", "candy", "chocolate", "pasta", "rice", "soup", "sauce", "noodle", "towel", "tissue", "detergent", "soap", "shampoo", "toothpaste", "cheese", "granola", "oatmeal", "popcorn", "pretzel", "nut", "jam", "jelly", "peanut", "cola"])
+PRODUCT_NOUNS: frozenset[str] = frozenset().union(*DEPARTMENTS.values()) | {
+    "cereal", "chip", "snack", "cracker", "candy", "chocolate", "pasta", "rice", "soup", "sauce", "noodle",
+    "towel", "tissue", "detergent", "soap", "shampoo", "toothpaste", "cheese", "granola", "oatmeal", "popcorn",
+    "pretzel", "nut", "jam", "jelly", "peanut", "cola",
+}
 
 #: "this <up to 4 words>" / "this is a <...>": the noun phrase an explanation says the item *is*
 _THIS_CLAIM = re.compile(r"\bthis\s+(?:is\s+(?:a|an|the)\s+)?((?:[^\W\d_][\w'-]*\s+){0,3}[^\W\d_][\w'-]*)",

@@ -9,11 +9,10 @@ index_app = typer.Typer(no_args_is_help=True)
 
 def _settings(cutoff: str | None, epochs: int, max_users: int | None, dim: int, seed: int, threads: int | None,
               llm_tags: str | None, catalogue: str = "full"):
-    from datetime import datetime
-
+    from core.options import parse_date
     from retrieval.settings import RetrievalSettings
 
-    return RetrievalSettings(cutoff=datetime.fromisoformat(cutoff) if cutoff else None, epochs=epochs,
+    return RetrievalSettings(cutoff=parse_date(cutoff, "--cutoff"), epochs=epochs,
                              max_users=max_users, dim=dim, seed=seed, num_threads=threads, llm_tags_path=llm_tags,
                              catalogue=catalogue)
 
