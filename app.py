@@ -29,6 +29,7 @@ def main(
 
 
 def _register() -> None:
+    from batch.cli import batch_cmd, batches_cmd
     from behavior.cli import data_app
     from evals.cli import bench_app, eval_app
     from graphs.cli import recommend_cmd
@@ -48,6 +49,8 @@ def _register() -> None:
     app.add_typer(runs_app, name="runs", help="List logged runs.")
     app.command("trace")(trace_cmd)
     app.add_typer(judge_app, name="judge", help="Replay the judge on logged runs; human labels and agreement.")
+    app.command("batch")(batch_cmd)
+    app.command("batches")(batches_cmd)
 
 
 _register()

@@ -105,21 +105,24 @@ class IntentRec:
             cfg["callbacks"] = list(self.callbacks)
         return cfg
 
-    def _recorded(self, user_id: str, ctx: Context, thread_id: str | None, overrides: dict[str, Any]):
+    def _recorded(self, user_id: str, ctx: Context, thread_id: str | None, overrides: dict[str, Any],
+                  run_id: str | None = None):
         from runlog.recorder import RecordedRun, jsonable_overrides
         from runlog.store import new_id
 
-        run_id = new_id()
+        run_id = run_id or new_id()
         return RecordedRun(self.runlog, self.graph, graph_input={"user_id": str(user_id), "run_id": run_id},
                            config=self._config(ctx, thread_id), ctx=ctx, run_id=run_id, user_id=str(user_id),
                            dataset=self.dataset_spec or self.dataset.name,
                            request={"now": ctx.env.now.isoformat(), "overrides": jsonable_overrides(overrides)})
 
     def recommend(self, user_id: str, *, thread_id: str | None = None, now: datetime | str | None = None,
-                  **overrides: Any) -> dict[str, Any]:
+                  run_id: str | None = None, **overrides: Any) -> dict[str, Any]:
+        """Run the graph for ``user_id``. ``run_id``: the id to record the run under (a batch claims
+        it before the run starts, so a resume can find the run); a new one by default."""
         ctx = self.context(now=now, **overrides)
         if self.runlog is not None:
-            return self._recorded(user_id, ctx, thread_id, overrides).run()
+            return self._recorded(user_id, ctx, thread_id, overrides, run_id).run()
         return self.graph.invoke({"user_id": str(user_id)}, config=self._config(ctx, thread_id), context=ctx)
 
     def stream(self, user_id: str, *, thread_id: str | None = None, now: datetime | str | None = None,

@@ -4,10 +4,10 @@ every human label, so runs can be traced, forked and re-judged later.
 Design decisions
 ----------------
 
-* **Schema version.** ``SCHEMA_VERSION`` (now 1) is stored in ``PRAGMA user_version`` and in the
+* **Schema version.** ``SCHEMA_VERSION`` (now 2) is stored in ``PRAGMA user_version`` and in the
   ``meta`` table. Opening a file written by a newer schema is an error (never a silent downgrade);
-  an older one is migrated in place by the functions in ``_MIGRATIONS`` (none yet), inside one
-  transaction.
+  an older one is migrated in place by the functions in ``_MIGRATIONS``, inside one transaction
+  (2: the ``batches`` / ``batch_items`` tables of ``runlog.batches``).
 * **WAL and durability.** The file runs in WAL mode (readers never block the writer, and a crash can
   only lose a transaction that had not committed) with ``synchronous=FULL`` (a committed write
   survives a power cut, not only a process crash; ``durability="normal"`` trades that for speed).
@@ -56,7 +56,7 @@ from langchain_core.messages import BaseMessage
 
 from core.errors import IntentRecError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_FILE = "runs.sqlite"
 CHECKPOINTS_SUFFIX = ".checkpoints.sqlite"
 FINAL_OK = ("ok", "empty", "ok:fallback", "empty:fallback")
@@ -177,8 +177,50 @@ CREATE TABLE IF NOT EXISTS labels (
 );
 """
 
+#: Version 2: batch jobs (``runlog.batches``). One row per batch (its spec, so ``--resume`` reruns it
+#: with the same settings) and one per (batch, user): pending -> running -> done | failed, with the
+#: run id claimed before the graph starts, so a resume can tell a finished run from a lost one.
+_SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    updated_at TEXT,
+    dataset TEXT,
+    engine TEXT,
+    n_users INTEGER NOT NULL,
+    spec_json TEXT NOT NULL,
+    status TEXT NOT NULL                -- open | finished
+);
+CREATE TABLE IF NOT EXISTS batch_items (
+    batch_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    status TEXT NOT NULL,               -- pending | running | done | failed
+    run_id TEXT,
+    run_status TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
+    started_at TEXT,
+    ended_at TEXT,
+    wall_s REAL,
+    error TEXT,
+    PRIMARY KEY (batch_id, user_id)
+);
+CREATE INDEX IF NOT EXISTS batch_items_status ON batch_items(batch_id, status, position);
+"""
+
+
+def _statements(sql: str) -> list[str]:
+    return [s for s in sql.split(";") if s.strip()]  # not executescript: it would commit early
+
+
+def _migrate_v2(c: sqlite3.Connection) -> None:
+    for stmt in _statements(_SCHEMA_V2):
+        c.execute(stmt)
+
+
 #: version -> function migrating a connection from version-1 to version (run inside a transaction)
-_MIGRATIONS: dict[int, Any] = {}
+_MIGRATIONS: dict[int, Any] = {2: _migrate_v2}
 
 
 class RunLogError(IntentRecError):
@@ -344,12 +386,11 @@ class RunLog:
             return
         with self._tx() as c:
             if version == 0:
-                for stmt in _SCHEMA_V1.split(";"):  # not executescript: it would commit early
-                    if stmt.strip():
-                        c.execute(stmt)
-            else:
-                for v in range(version + 1, SCHEMA_VERSION + 1):
-                    _MIGRATIONS[v](c)
+                for stmt in _statements(_SCHEMA_V1):
+                    c.execute(stmt)
+                version = 1
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                _MIGRATIONS[v](c)
             c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('created_at', ?)", (now_iso(),))
             c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

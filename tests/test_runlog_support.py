@@ -76,3 +76,27 @@ def run_cli(args: list[str], monkeypatch: Any, capsys: Any, width: int = 200) ->
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def kill_when(proc: Any, ready: Any, *, timeout_s: float = 120, what: str = "the subprocess") -> Any:
+    """Poll ``ready()`` until it returns something, then SIGKILL ``proc`` and return that value."""
+    import signal
+    import time
+
+    found = None
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and found is None:
+            assert proc.poll() is None, f"{what} ended early: {proc.stderr.read() if proc.stderr else ''}"
+            found = ready()
+            if found is None:
+                time.sleep(0.05)
+        assert found is not None, f"{what} never got going"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    return found

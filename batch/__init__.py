@@ -1,0 +1,1 @@
+"""Batch jobs: many users through the graph, resumable, locally or on Ray (``batch.runner``)."""
