@@ -32,12 +32,13 @@ def _register() -> None:
     from batch.cli import batch_cmd, batches_cmd
     from behavior.cli import data_app
     from evals.cli import bench_app, eval_app
-    from graphs.cli import recommend_cmd
+    from graphs.cli import demo_cmd, recommend_cmd
     from judges.cli import judge_app
     from llm.cli import llm_app
     from prompts.cli import prompts_app
     from retrieval.cli import index_app
     from runlog.cli import runs_app, trace_cmd
+    from serve.cli import serve_cmd
 
     app.add_typer(data_app, name="data", help="Inspect datasets and compressed histories.")
     app.add_typer(llm_app, name="llm", help="Check the configured LLM backend.")
@@ -45,12 +46,14 @@ def _register() -> None:
     app.add_typer(eval_app, name="eval", help="Offline evaluation.")
     app.add_typer(bench_app, name="bench", help="Benchmarks.")
     app.add_typer(prompts_app, name="prompts", help="List, show and diff prompt templates.")
+    app.command("demo")(demo_cmd)
     app.command("recommend")(recommend_cmd)
     app.add_typer(runs_app, name="runs", help="List logged runs.")
     app.command("trace")(trace_cmd)
     app.add_typer(judge_app, name="judge", help="Replay the judge on logged runs; human labels and agreement.")
     app.command("batch")(batch_cmd)
     app.command("batches")(batches_cmd)
+    app.command("serve")(serve_cmd)
 
 
 _register()

@@ -126,10 +126,10 @@ class IntentRec:
         return self.graph.invoke({"user_id": str(user_id)}, config=self._config(ctx, thread_id), context=ctx)
 
     def stream(self, user_id: str, *, thread_id: str | None = None, now: datetime | str | None = None,
-               **overrides: Any) -> Iterator[tuple[tuple[str, ...], dict[str, Any]]]:
+               run_id: str | None = None, **overrides: Any) -> Iterator[tuple[tuple[str, ...], dict[str, Any]]]:
         ctx = self.context(now=now, **overrides)
         if self.runlog is not None:
-            for ns, mode, data in self._recorded(user_id, ctx, thread_id, overrides).events():
+            for ns, mode, data in self._recorded(user_id, ctx, thread_id, overrides, run_id).events():
                 if mode == "updates":
                     yield ns, data
             return

@@ -44,7 +44,7 @@ ITEM_STATES = ("pending", "running", "done", "failed")
 
 class BatchNotFoundError(RunLogError):
     def __init__(self, batch_id: str, path: Any, known: int):
-        super().__init__(f"unknown batch id {batch_id!r} ({known} batch(es) in {path}; see `app.py batch list`)")
+        super().__init__(f"unknown batch id {batch_id!r} ({known} batch(es) in {path}; see `app.py batches`)")
 
 
 @dataclass(frozen=True)
