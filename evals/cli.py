@@ -80,6 +80,65 @@ def eval_retrieval(
         typer.echo(f"report written to {path}")
 
 
+@eval_app.command("tags")
+def eval_tags(
+    dataset: str = typer.Option(None, "--dataset", "-d", help="Dataset spec (default completejourney)."),
+    users: int = typer.Option(30, "--users", "-n", min=1, help="Seeded sample of eligible users."),
+    all_users: bool = typer.Option(False, "--all-users", help="Every eligible user (with --baselines-only)."),
+    cutoff: str = typer.Option(None, "--cutoff", help="T, YYYY-MM-DD (default: calibrated per dataset)."),
+    window: int = typer.Option(28, "--window", min=1, help="Days after T in which targets are found."),
+    min_events: int = typer.Option(20, "--min-events", min=1, help="Minimum purchases before T per user."),
+    seed: int = typer.Option(42, "--seed", help="Seed of the user sample."),
+    k: int = typer.Option(30, "--k", min=1, help="Tags scored per method (HR@K)."),
+    recent_days: int = typer.Option(14, "--recent-days", min=1, help="'Recent purchase' window before T."),
+    match_n: int = typer.Option(6, "--match-n", min=1, help="Size-matched n when no IntentRec run is scored."),
+    baselines_only: bool = typer.Option(False, "--baselines-only", help="Score the baselines only (no graph)."),
+    batch: str = typer.Option(None, "--batch", help="Evaluate this batch (resumed first if users are pending)."),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Evaluate what is done; run nothing."),
+    concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="Users in flight at once."),
+    backend: str = typer.Option(None, "--backend", help="LLM backend: local (default), openai, scripted."),
+    model: str = typer.Option(None, "--model", help="Model name (openai) or GGUF path (local)."),
+    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible server URL (openai backend)."),
+    prompts: str = typer.Option(None, "--prompts", help="Prompt override folder."),
+    personas: int = typer.Option(None, "--personas", help="K personas."),
+    tags: int = typer.Option(None, "--tags", help="N final tags."),
+    items: int = typer.Option(None, "--items", help="Items to recommend per user."),
+    factory: str = typer.Option(None, "--factory", help="module:function(RunLog) -> IntentRec instead of settings."),
+    runlog: str = typer.Option(None, "--runlog", help="Run log file (default: INTENTREC_RUNLOG_PATH or <data dir>/runs.sqlite)."),
+    out: str = typer.Option(None, "--out", "-o", help="Also write the JSON report here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the tables."),
+) -> None:
+    """IntentRec's tags vs the next category bought (HR@30, discovery HR@30) beside 3 baselines."""
+    import json
+    from pathlib import Path
+
+    from core.options import parse_date
+    from evals.tag_eval import TagEvalError, render, run_tag_eval
+
+    given = {"--users": users != 30, "--all-users": all_users, "--backend": backend, "--model": model,
+             "--base-url": base_url, "--prompts": prompts, "--personas": personas, "--tags": tags, "--items": items,
+             "--factory": factory, "--dataset": dataset}
+    if batch and any(given.values()):
+        raise TagEvalError("--batch takes users and settings from the batch; drop "
+                           + ", ".join(o for o, v in given.items() if v))
+    if all_users and not baselines_only:
+        raise TagEvalError("--all-users only goes with --baselines-only (the graph takes minutes per user)")
+    say = (lambda m: None) if as_json else (lambda m: typer.echo(m, err=True))
+    overrides = {k_: v for k_, v in {"n_personas": personas, "n_tags": tags, "n_items": items}.items() if v}
+    report = run_tag_eval(dataset, users=None if all_users else users, cutoff=parse_date(cutoff, "--cutoff"),
+                          window_days=window, min_events=min_events, seed=seed, k=k, recent_days=recent_days,
+                          match_n=match_n, baselines_only=baselines_only, batch_id=batch, runlog=runlog,
+                          resume=not no_resume, concurrency=concurrency, backend=backend, model=model,
+                          base_url=base_url, prompts=prompts, factory=factory, overrides=overrides, say=say)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
+    if as_json:
+        typer.echo(json.dumps(report, indent=1, default=str))
+    else:
+        render(report)
+
+
 @bench_app.command("llm")
 def bench_llm(
     reps: int = typer.Option(7, "--reps", min=1, help="Measured repetitions per path and mode."),
@@ -102,3 +161,54 @@ def bench_llm(
         typer.echo(json.dumps(res, indent=2))
     else:
         print_llm_bench(res)
+
+
+@bench_app.command("system")
+def bench_system(
+    sections: str = typer.Option(",".join(("latency", "overhead", "prefix", "throughput", "retrieval", "memory", "llm")),
+                                 "--sections", help="Comma-separated subset of: latency, overhead, prefix, "
+                                 "throughput (or throughput-scripted, throughput-server), retrieval, memory, llm."),
+    users: int = typer.Option(2, "--users", "-n", min=1, help="Local-backend users to run for latency (without --batch)."),
+    batch: str = typer.Option(None, "--batch", help="Take local latency/overhead from this finished batch's runs."),
+    runlog: str = typer.Option(None, "--runlog", help="Run log holding --batch (default: the configured run log)."),
+    dataset: str = typer.Option(None, "--dataset", "-d", help="Dataset spec (default completejourney)."),
+    now: str = typer.Option("2017-10-01", "--now", help="Environment date of the benchmark users."),
+    index_cutoff: str = typer.Option(None, "--index-cutoff", help="Retriever trained before this date (default: --now)."),
+    concurrency: str = typer.Option("1,2,4,8", "--concurrency", help="Batch concurrency levels for throughput."),
+    delay_ms: float = typer.Option(100.0, "--delay-ms", min=0.0, help="Scripted model's delay per call."),
+    slow_delay_ms: float = typer.Option(500.0, "--slow-delay-ms", min=0.0,
+                                        help="Also run the shipped run log at this longer delay (0: skip)."),
+    scripted_users: int = typer.Option(16, "--scripted-users", min=1, help="Users per level, scripted throughput."),
+    server_users: int = typer.Option(3, "--server-users", min=1,
+                                     help="Minimum users per level against the llama.cpp server (at least the level)."),
+    overhead_users: int = typer.Option(8, "--overhead-users", min=1, help="Users for the zero-latency scripted runs."),
+    prefix_user: str = typer.Option("1", "--prefix-user", help="User whose real prompts the prefix-cache test uses."),
+    prefix_reps: int = typer.Option(1, "--prefix-reps", min=1, help="Planner+experts sequences per prefix mode."),
+    llm_reps: int = typer.Option(5, "--llm-reps", min=1, help="Repetitions of the structured-vs-raw LLM bench."),
+    threads: int = typer.Option(None, "--threads", min=1, help="llama.cpp threads (default: half the cores)."),
+    profile: bool = typer.Option(True, "--profile/--no-profile", help="Sample the scripted runs with py-spy."),
+    out: str = typer.Option(None, "--out", "-o", help="Also write the JSON report here."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+) -> None:
+    """System figures from one run: latency by node, orchestration overhead, prefix cache, throughput, retrieval, memory."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from evals.bench_system import print_report, run_system_bench
+
+    levels = tuple(int(x) for x in concurrency.split(",") if x.strip())
+    res = run_system_bench(
+        sections=[x.strip() for x in sections.split(",") if x.strip()], users=users, batch=batch, runlog=runlog,
+        dataset=dataset, now=now, index_cutoff=index_cutoff, levels=levels, scripted_users=scripted_users,
+        delay_ms=delay_ms, slow_delay_ms=slow_delay_ms, server_users=server_users, overhead_users=overhead_users, prefix_user=prefix_user,
+        prefix_reps=prefix_reps, llm_reps=llm_reps, threads=threads, profile=profile,
+        argv=sys.argv[sys.argv.index("system") + 1:] if "system" in sys.argv else [],
+        on_section=lambda name, dt: typer.echo(f"bench system: section {name} took {dt:.1f} s", err=True))
+    text = json.dumps(res, indent=2, default=str)
+    if out:
+        Path(out).write_text(text + "\n", encoding="utf-8")
+    if as_json:
+        typer.echo(text)
+    else:
+        print_report(res)

@@ -7,41 +7,9 @@ from __future__ import annotations
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel
-
+from evals.bench_fixtures import fill_schema  # noqa: F401  (re-exported for the tests)
 from llm.scripted import ScriptedChatModel, by_schema
-
-
-def fill_schema(schema: type[BaseModel], outcome: str = "good") -> dict[str, Any]:
-    """A valid instance of any (judge) schema: Literal fields take ``outcome`` when allowed."""
-    out: dict[str, Any] = {}
-    for name, f in schema.model_fields.items():
-        out[name] = _fill(f.annotation, outcome)
-    return out
-
-
-def _fill(ann: Any, outcome: str) -> Any:
-    origin = get_origin(ann)
-    if origin is Literal:
-        args = get_args(ann)
-        return outcome if outcome in args else args[0]
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        args = [a for a in get_args(ann) if a is not type(None)]
-        return _fill(args[0], outcome)
-    if origin in (list, tuple):
-        return []
-    if origin is dict:
-        return {}
-    if isinstance(ann, type) and issubclass(ann, BaseModel):
-        return fill_schema(ann, outcome)
-    if ann is bool:
-        return outcome == "good"
-    if ann in (int, float):
-        return 5
-    return "fine"
-
 
 AGENT_SCHEMAS = {"PlannerOutput", "ExpertOutput", "ArbiterOutput", "StyleGuideline", "Explanation"}
 

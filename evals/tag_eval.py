@@ -1,0 +1,687 @@
+"""``app.py eval tags``: are IntentRec's tags the categories the user buys next, and does it find new ones?
+
+One temporal split at T (``evals.protocol``; completejourney: T = 2017-10-01, a 28-day window, users
+with >= 20 purchases before T and one in the window, a seeded sample of N of them). The graph runs for
+every sampled user through a resumable batch (``batch.runner``) whose environment date is T and whose
+towers and index are trained on data before T (``index_cutoff = T``), so nothing after T leaks in.
+
+Definitions (fixed; docs/tag_eval.md explains the choices):
+
+* **Category**: the dataset's ``items["category"]`` (completejourney: ``product_category``, 303 values).
+  Purchase lines of items without a category (540 of 92k items) are ignored everywhere below.
+* **Tag → category**: the nearest category *name* by MiniLM text embedding (``TextEncoder``, cosine
+  over the L2-normalised vectors; the category matrix is embedded once and cached on disk). Every
+  tag's category and similarity are in the report. Baselines write category names as tags, which the
+  same mapping sends to themselves (cosine 1).
+* **Predicted list**: a method's tags, cut to the first K (30), mapped to categories, repeats dropped.
+* **Next-purchase target**: the category of the user's first purchase line at or after T inside the
+  window (lines at the same timestamp in the dataset's row order). ``hr_basket@K`` counts a hit on any
+  category of that first basket instead (every line at that first timestamp).
+* **Discovery target**: the category of the user's first purchase line in the window whose category
+  the user never bought before T. Users with none are left out of discovery figures and counted.
+* **HR@K**: 1 if the target is in the predicted list, averaged over users with a target.
+  **HR@n** (size-matched): each baseline cut to as many distinct categories as IntentRec's tags had
+  for that user (``--match-n`` when there is no IntentRec run); IntentRec's own HR@n is its HR@K.
+* **Baselines** (training rows before T only): ``recent``: the user's categories by last purchase
+  (newest first; ties by count, then name); ``frequent``: by purchase lines (ties by last purchase,
+  then name); ``popular``: every user's purchase lines before T, per category (ties by name), the same
+  list for everyone. ``recent`` and ``frequent`` only hold categories the user bought before T, so
+  their discovery HR is 0 by construction.
+* **distinct_categories**: distinct mapped categories among a user's tags (IntentRec only; mean).
+* **r_div** (RecGPT-V2's diversity reward): mean over pairs of ``1 - cos`` of the tags' text
+  embeddings, per user with >= 2 tags, averaged over users; baselines on their size-matched list.
+* **recent_repeat_share**: over all tags of all users, the share whose mapped category the user
+  bought in the ``recent_days`` (14) days before T: the tag only repeats a recent purchase.
+* **Judge pass rates**: over every verdict of the graph's own verdict set (every judge pass, so a
+  regenerated output counts again), per kind (tag / explanation) and dimension, the share of
+  verdicts whose dimension outcome is not ``defect``; plus the S/A/B grade shares.
+* **Explanation diversity** over every emitted explanation: ``distinct_2`` = distinct word bigrams /
+  all word bigrams (pooled); ``idf`` = mean over explanations of the mean IDF of its distinct words,
+  ``IDF(w) = ln(N / df(w))`` over the N explanations, divided by ``ln N`` (0: every explanation uses
+  the same words; 1: no word is shared).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from core.errors import IntentRecError
+
+DEFAULT_K = 30
+RECENT_DAYS = 14
+BASELINES = ("recent", "frequent", "popular")
+METHODS = ("intentrec", *BASELINES)
+LABELS = {"intentrec": "IntentRec tags", "recent": "recent categories", "frequent": "frequent categories",
+          "popular": "popular categories"}
+#: the figures a method row carries (None where a figure does not apply to that method)
+METRIC_KEYS = ("hr@k", "discovery_hr@k", "hr@n", "discovery_hr@n", "hr_basket@k", "n_tags", "distinct_categories",
+               "r_div", "recent_repeat_share", "mapping_similarity")
+
+
+class TagEvalError(IntentRecError):
+    """The evaluation cannot run as asked (no date on the batch, no user left, conflicting options)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# metrics (pure functions; tests/test_tag_eval.py checks each against a hand-computed example)
+
+def distinct_in_order(xs: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(xs))
+
+
+def hit(predicted: Sequence[str], target: str | set[str] | None, k: int) -> float | None:
+    """1.0 if ``target`` (one category, or any of a set) is among the first ``k`` predicted categories;
+    None when there is no target."""
+    if target is None or (isinstance(target, set) and not target):
+        return None
+    top = set(predicted[:k])
+    return float(bool(top & target)) if isinstance(target, set) else float(target in top)
+
+
+def mean(xs: Iterable[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall((text or "").lower())
+
+
+def distinct_n(texts: Sequence[str], n: int = 2) -> float | None:
+    """Distinct n-grams / all n-grams, pooled over ``texts`` (None if there is no n-gram)."""
+    grams: list[tuple[str, ...]] = []
+    for t in texts:
+        w = words(t)
+        grams.extend(tuple(w[i:i + n]) for i in range(len(w) - n + 1))
+    return len(set(grams)) / len(grams) if grams else None
+
+
+def idf_score(texts: Sequence[str]) -> float | None:
+    """Mean over texts of the mean IDF of each text's distinct words, normalised by ``ln N``."""
+    docs = [set(words(t)) for t in texts]
+    docs = [d for d in docs if d]
+    n = len(docs)
+    if n < 2:
+        return None
+    df = Counter(w for d in docs for w in d)
+    per = [sum(math.log(n / df[w]) for w in d) / len(d) for d in docs]
+    return sum(per) / n / math.log(n)
+
+
+def mean_pairwise_distance(vectors: np.ndarray) -> float | None:
+    """Mean ``1 - cos`` over unordered pairs of rows (rows need not be normalised); None below 2 rows."""
+    v = np.asarray(vectors, dtype=np.float64)
+    if v.ndim != 2 or v.shape[0] < 2:
+        return None
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    v = v / np.where(norms > 0, norms, 1.0)
+    sim = v @ v.T
+    iu = np.triu_indices(v.shape[0], k=1)
+    return float(np.mean(1.0 - sim[iu]))
+
+
+def recent_repeat_share(per_user: Iterable[tuple[Sequence[str], set[str]]]) -> float | None:
+    """Pooled over users: of all (mapped) tag categories, the share in that user's recent set."""
+    n = rep = 0
+    for cats, recent in per_user:
+        n += len(cats)
+        rep += sum(1 for c in cats if c in recent)
+    return rep / n if n else None
+
+
+def judge_rates(judgements: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Per kind: verdict count, per-dimension pass share (outcome not ``defect``) and grade shares."""
+    from judges.schemas import dimensions_for
+
+    out: dict[str, Any] = {}
+    for kind in ("tag", "explanation"):
+        rows = [j for j in judgements if (j.get("kind") or (j.get("verdict") or {}).get("kind")) == kind]
+        dims: dict[str, list[int]] = {d: [] for d in dimensions_for(kind)}
+        fallback = 0
+        for j in rows:
+            for d in (j.get("verdict") or {}).get("dimensions") or []:
+                dims.setdefault(d["dimension"], []).append(int(d.get("outcome") != "defect"))
+                fallback += int(bool(d.get("fallback")))
+        grades = Counter(j.get("grade") or (j.get("verdict") or {}).get("grade") for j in rows)
+        out[kind] = {"n_verdicts": len(rows),
+                     "pass": {d: (round(sum(v) / len(v), 4) if v else None) for d, v in dims.items()},
+                     "grades": {g: (round(grades.get(g, 0) / len(rows), 4) if rows else None) for g in "SAB"},
+                     "unjudged_dimensions": fallback}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# category facts per user, from the dataset
+
+@dataclass
+class CategoryFacts:
+    cutoff: datetime
+    end: datetime
+    recent_days: int
+    popular: list[str]  # every category by purchase lines before T (all users)
+    recent: dict[str, list[str]] = field(default_factory=dict)  # user -> categories, newest first
+    frequent: dict[str, list[str]] = field(default_factory=dict)  # user -> categories, most bought first
+    seen: dict[str, set[str]] = field(default_factory=dict)  # user -> every category bought before T
+    recent_set: dict[str, set[str]] = field(default_factory=dict)  # user -> bought in the recent_days before T
+    next_cat: dict[str, str] = field(default_factory=dict)  # user -> first purchase line's category after T
+    basket: dict[str, set[str]] = field(default_factory=dict)  # user -> categories of the first basket after T
+    discovery: dict[str, str] = field(default_factory=dict)  # user -> first never-bought category after T
+
+    def baseline(self, name: str, user: str) -> list[str]:
+        if name == "popular":
+            return self.popular
+        return getattr(self, name).get(user, [])
+
+
+def category_facts(dataset: Any, users: Sequence[str], cutoff: datetime, end: datetime, *,
+                   behaviors: Sequence[str] = ("purchase",), recent_days: int = RECENT_DAYS) -> CategoryFacts:
+    b = dataset.behaviors.with_row_index("row")
+    present = set(b["behavior"].unique().to_list())
+    keep = [x for x in behaviors if x in present] or sorted(present)
+    cats = dataset.items.select("item_id", pl.col("category").fill_null(""))
+    b = (b.filter(pl.col("behavior").is_in(keep)).select("row", "user_id", "item_id", "ts")
+         .join(cats, on="item_id", how="inner").filter(pl.col("category") != ""))
+    train = b.filter(pl.col("ts") < cutoff)
+    pop = train.group_by("category").len().sort(["len", "category"], descending=[True, False])
+    facts = CategoryFacts(cutoff=cutoff, end=end, recent_days=recent_days, popular=pop["category"].to_list())
+    uset = [str(u) for u in users]
+    tu = train.filter(pl.col("user_id").is_in(uset))
+    per = tu.group_by("user_id", "category").agg(pl.len().alias("n"), pl.col("ts").max().alias("last"))
+    for u, g in per.group_by("user_id"):
+        uid = u[0]
+        rows = list(g.select("category", "n", "last").iter_rows())
+        facts.frequent[uid] = [c for c, _, _ in sorted(rows, key=lambda r: (-r[1], -r[2].timestamp(), r[0]))]
+        facts.recent[uid] = [c for c, _, _ in sorted(rows, key=lambda r: (-r[2].timestamp(), -r[1], r[0]))]
+        facts.seen[uid] = {c for c, _, _ in rows}
+    since = cutoff - timedelta(days=recent_days)
+    for uid, c in tu.filter(pl.col("ts") >= since).select("user_id", "category").unique().iter_rows():
+        facts.recent_set.setdefault(uid, set()).add(c)
+    win = (b.filter((pl.col("ts") >= cutoff) & (pl.col("ts") < end) & pl.col("user_id").is_in(uset))
+           .sort(["user_id", "ts", "row"]))
+    first_ts: dict[str, datetime] = {}
+    for uid, c, ts in win.select("user_id", "category", "ts").iter_rows():
+        if uid not in facts.next_cat:
+            facts.next_cat[uid] = c
+            first_ts[uid] = ts
+        if ts == first_ts[uid]:
+            facts.basket.setdefault(uid, set()).add(c)
+        if uid not in facts.discovery and c not in facts.seen.get(uid, set()):
+            facts.discovery[uid] = c
+    return facts
+
+
+# ------------------------------------------------------------------------------------------------
+# tag -> category
+
+@functools.lru_cache(1)
+def default_encoder() -> Any:
+    """One MiniLM encoder per process (loading it takes seconds)."""
+    from retrieval.text_encoder import TextEncoder
+
+    return TextEncoder()
+
+
+class CategoryMapper:
+    """Nearest category name by MiniLM cosine. The category matrix is embedded once (disk-cached)."""
+
+    def __init__(self, categories: Sequence[str], encoder: Any = None):
+        self.categories = sorted({c for c in categories if c})
+        self.encoder = encoder or default_encoder()
+        self.matrix = self.encoder.encode_cached(self.categories)
+        self._memo: dict[str, tuple[str, float]] = {}
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encoder.encode(list(texts))
+
+    def map(self, tags: Sequence[str]) -> list[tuple[str, float]]:
+        """Each tag's nearest category and its cosine (memoised per distinct text)."""
+        todo = list(dict.fromkeys(t for t in tags if t not in self._memo))
+        if todo:
+            sims = self.embed(todo) @ self.matrix.T
+            for i, j in enumerate(sims.argmax(axis=1)):
+                self._memo[todo[i]] = (self.categories[j], round(float(sims[i, j]), 4))
+        return [self._memo[t] for t in tags]
+
+
+def catalogue_categories(dataset: Any) -> dict[str, set[str]]:
+    """Catalogue phrase -> the categories it comes from: the product-type phrases the ``catalogue`` tag
+    mode lets the expert choose (``graphs.prepare.types_by_category``) and the category names (lower
+    case). Used only to audit the embedding mapping."""
+    from graphs.prepare import types_by_category
+
+    out: dict[str, set[str]] = {}
+    for cat, phrases in types_by_category(dataset).items():
+        for ph in phrases:
+            out.setdefault(ph, set()).add(cat)
+    for cat in dataset.items["category"].drop_nulls().unique().to_list():
+        if cat:
+            out.setdefault(cat.lower(), set()).add(cat)
+    return out
+
+
+def mapping_audit(per_user: dict[str, dict[str, Any]], lookup: dict[str, set[str]],
+                  seen: dict[str, set[str]]) -> dict[str, Any]:
+    """For IntentRec tags that are catalogue phrases: how often the embedding mapping lands in a
+    category the phrase comes from (``agree``), and how often the phrase comes from a category the
+    user had already bought (``from_user_categories``; the catalogue tag mode draws its phrases from
+    the user's top categories, which caps discovery). Writes ``catalogue_categories`` into each tag."""
+    n = known = agree = own = 0
+    for u, rec in per_user.items():
+        for t in (rec.get("intentrec") or {}).get("tags", []):
+            n += 1
+            cats = lookup.get(" ".join(t["tag"].strip().lower().split()))
+            t["catalogue_categories"] = sorted(cats) if cats else None
+            if cats:
+                known += 1
+                agree += int(t["category"] in cats)
+                own += int(bool(cats & seen.get(u, set())))
+    return {"n_tags": n, "n_catalogue_phrases": known, "agree": _r(agree / known) if known else None,
+            "from_user_categories": _r(own / known) if known else None}
+
+
+# ------------------------------------------------------------------------------------------------
+# scoring
+
+def score_methods(users: Sequence[str], facts: CategoryFacts, mapper: CategoryMapper, *,
+                  intentrec: dict[str, list[str]] | None, k: int = DEFAULT_K, match_n: int = 6
+                  ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Every method's figures on ``users`` and a per-user record. ``intentrec``: user -> tags, or None
+    (baselines only; the size-matched n is then ``match_n`` for everyone)."""
+    methods = (("intentrec",) if intentrec is not None else ()) + BASELINES
+    per_user: dict[str, dict[str, Any]] = {}
+    rows: dict[str, dict[str, list]] = {m: {key: [] for key in ("hr", "disc", "hr_n", "disc_n", "basket", "n_tags",
+                                                                  "distinct", "rdiv", "rep", "sim")} for m in methods}
+    for u in users:
+        nxt, disc, basket = facts.next_cat.get(u), facts.discovery.get(u), facts.basket.get(u)
+        rec: dict[str, Any] = {"next": nxt, "discovery": disc, "basket": sorted(basket or [])}
+        n_match = match_n
+        if intentrec is not None:
+            tags = list(intentrec.get(u, []))[:k]
+            mapped = mapper.map(tags)
+            cats = distinct_in_order(c for c, _ in mapped)
+            n_match = len(cats)
+            rec["intentrec"] = {"tags": [{"tag": t, "category": c, "similarity": s}
+                                         for t, (c, s) in zip(tags, mapped, strict=True)],
+                                "hit": hit(cats, nxt, k), "discovery_hit": hit(cats, disc, k)}
+            r = rows["intentrec"]
+            r["hr"].append(hit(cats, nxt, k))
+            r["disc"].append(hit(cats, disc, k))
+            r["hr_n"].append(hit(cats, nxt, k))
+            r["disc_n"].append(hit(cats, disc, k))
+            r["basket"].append(hit(cats, basket, k))
+            r["n_tags"].append(len(tags))
+            r["distinct"].append(len(cats))
+            r["rdiv"].append(mean_pairwise_distance(mapper.embed(tags)) if len(tags) >= 2 else None)
+            r["rep"].append(([c for c, _ in mapped], facts.recent_set.get(u, set())))
+            r["sim"].extend(s for _, s in mapped)
+        rec["n"] = n_match
+        for m in BASELINES:
+            tags = facts.baseline(m, u)[:k]
+            mapped = mapper.map(tags)
+            cats = distinct_in_order(c for c, _ in mapped)
+            small = cats[:n_match]
+            r = rows[m]
+            r["hr"].append(hit(cats, nxt, k))
+            r["disc"].append(hit(cats, disc, k))
+            r["hr_n"].append(hit(small, nxt, k))
+            r["disc_n"].append(hit(small, disc, k))
+            r["basket"].append(hit(cats, basket, k))
+            r["n_tags"].append(len(tags))
+            r["rdiv"].append(mean_pairwise_distance(mapper.embed(small)) if len(small) >= 2 else None)
+            r["rep"].append((small, facts.recent_set.get(u, set())))
+            r["sim"].extend(s for _, s in mapped)
+            rec[m] = {"hit": hit(cats, nxt, k), "discovery_hit": hit(cats, disc, k),
+                      "hit@n": hit(small, nxt, k), "discovery_hit@n": hit(small, disc, k)}
+        per_user[u] = rec
+    table: dict[str, dict[str, Any]] = {}
+    for m in methods:
+        r = rows[m]
+        table[m] = {
+            "hr@k": _r(mean(r["hr"])), "discovery_hr@k": _r(mean(r["disc"])),
+            "hr@n": _r(mean(r["hr_n"])), "discovery_hr@n": _r(mean(r["disc_n"])),
+            "hr_basket@k": _r(mean(r["basket"])), "n_tags": _r(mean(r["n_tags"])),
+            "distinct_categories": _r(mean(r["distinct"])) if m == "intentrec" else None,
+            "r_div": _r(mean(r["rdiv"])), "recent_repeat_share": _r(recent_repeat_share(r["rep"])),
+            "mapping_similarity": _r(mean(r["sim"])),
+            "n_users": len(r["hr"]), "n_with_target": sum(x is not None for x in r["hr"]),
+            "n_with_discovery_target": sum(x is not None for x in r["disc"]),
+            "hits": int(sum(x for x in r["hr"] if x)), "discovery_hits": int(sum(x for x in r["disc"] if x)),
+        }
+    return table, per_user
+
+
+def _r(x: float | None, nd: int = 4) -> float | None:
+    return None if x is None else round(x, nd)
+
+
+def loss_notes(table: dict[str, dict[str, Any]], per_user: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per figure on which IntentRec is below a baseline, with the numbers and the paired
+    counts (users hit only by IntentRec / only by the baseline)."""
+    if "intentrec" not in table:
+        return []
+    notes = []
+    figures = (("hr@k", "hit", "hit", "HR@K"), ("discovery_hr@k", "discovery_hit", "discovery_hit", "discovery HR@K"),
+               ("hr@n", "hit", "hit@n", "HR@n (size-matched)"),
+               ("discovery_hr@n", "discovery_hit", "discovery_hit@n", "discovery HR@n (size-matched)"))
+    ir = table["intentrec"]
+    for b in BASELINES:
+        for key, ikey, bkey, label in figures:
+            a, c = ir[key], table[b][key]
+            if a is None or c is None or a >= c:
+                continue
+            only_i = sum(1 for p in per_user.values() if p["intentrec"][ikey] == 1.0 and p[b][bkey] == 0.0)
+            only_b = sum(1 for p in per_user.values() if p["intentrec"][ikey] == 0.0 and p[b][bkey] == 1.0)
+            n = ir["n_with_discovery_target"] if "discovery" in key else ir["n_with_target"]
+            notes.append(f"IntentRec loses to {b} on {label}: {a:.3f} vs {c:.3f} ({n} users; {only_i} hit only by "
+                         f"IntentRec, {only_b} only by {b})")
+    return notes
+
+
+# ------------------------------------------------------------------------------------------------
+# IntentRec's side: the batch in the run log
+
+def intentrec_outputs(store: Any, batch_id: str) -> dict[str, Any]:
+    """Per finished user of a batch: tags, run id and status, tags dropped by the judge, explanations and
+    the graph's judgements; plus the failed and unfinished users and the models and settings used."""
+    from runlog.batches import BatchStore
+
+    out: dict[str, Any] = {"users": {}, "failed": {}, "missing": [], "models": [], "settings": None}
+    for it in BatchStore(store).items(batch_id):
+        u = it["user_id"]
+        if it["status"] == "failed":
+            out["failed"][u] = it["error"]
+            continue
+        if it["status"] != "done" or not it["run_id"]:
+            out["missing"].append(u)
+            continue
+        run = store.get_run(it["run_id"])
+        o = run.get("output") or {}
+        ctx = run.get("context") or {}
+        if ctx.get("models") and ctx["models"] not in out["models"]:
+            out["models"].append(ctx["models"])
+        out["settings"] = out["settings"] or ctx.get("settings")
+        vs = store.graph_set(it["run_id"])
+        out["users"][u] = {
+            "run_id": it["run_id"], "status": run["status"],
+            "tags": [t["tag"] for t in o.get("tags") or [] if t.get("tag")],
+            "dropped_tags": sum(1 for d in o.get("drops") or [] if d.get("stage") == "judge_tags"),
+            "explanations": [r["explanation"] for r in store.recommendations(it["run_id"]) if r.get("explanation")],
+            "judgements": store.judgements(vs["set_id"]) if vs else [],
+        }
+    return out
+
+
+def intentrec_summary(ir: dict[str, Any], users: Sequence[str]) -> dict[str, Any]:
+    """IntentRec-only figures over ``users``: run status, judge pass rates, explanation diversity."""
+    per = [ir["users"][u] for u in users]
+    expl = [e for p in per for e in p["explanations"]]
+    return {
+        "run_ids": {u: ir["users"][u]["run_id"] for u in users},
+        "run_status": dict(Counter(p["status"] for p in per)),
+        "users_without_tags": [u for u in users if not ir["users"][u]["tags"]],
+        "tags_dropped_by_judge": sum(p["dropped_tags"] for p in per),
+        "judge": judge_rates([j for p in per for j in p["judgements"]]),
+        "explanations": {"n": len(expl), "distinct_2": _r(distinct_n(expl, 2)), "idf": _r(idf_score(expl))},
+    }
+
+
+def _same_spec(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    keys = ("dataset", "now", "overrides", "backend", "model", "base_url", "index_cutoff", "prompts", "factory")
+    return all((a.get(x) or None) == (b.get(x) or None) for x in keys)
+
+
+def find_batch(store: Any, users: Sequence[str], spec: dict[str, Any]) -> str | None:
+    """The newest batch in the run log over exactly ``users`` with the same run settings (so a rerun,
+    or a batch started with ``app.py batch --user-file``, is reused instead of run again)."""
+    from runlog.batches import BatchStore
+    from runlog.store import loads
+
+    bs = BatchStore(store)
+    want = sorted(users)
+    for row in store._query("SELECT batch_id, spec_json FROM batches ORDER BY created_at DESC, rowid DESC"):
+        if not _same_spec(loads(row["spec_json"]) or {}, spec):
+            continue
+        if sorted(i["user_id"] for i in bs.items(row["batch_id"])) == want:
+            return row["batch_id"]
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# the whole evaluation
+
+def eligible_users(dataset: Any, cutoff: datetime, end: datetime, *, min_events: int,
+                   behaviors: Sequence[str]) -> list[str]:
+    """The protocol's users (``evals.protocol.make_split``'s rule): at least ``min_events`` target rows
+    before T and one in ``[T, end)``. Sorted."""
+    b = dataset.behaviors.filter(pl.col("behavior").is_in(list(behaviors)))
+    counts = b.filter(pl.col("ts") < cutoff).group_by("user_id").len()
+    train = set(counts.filter(pl.col("len") >= min_events)["user_id"].to_list())
+    test = set(b.filter((pl.col("ts") >= cutoff) & (pl.col("ts") < end))["user_id"].unique().to_list())
+    return sorted(train & test)
+
+
+def _store(runlog: Any) -> Any:
+    from runlog.store import open_runlog
+
+    return runlog if hasattr(runlog, "start_run") else open_runlog(runlog)
+
+
+def _progress(say: Callable[[str], None]) -> Callable[[dict[str, int]], None]:
+    last: list[tuple[int, int]] = []
+
+    def show(c: dict[str, int]) -> None:
+        now = (c["done"], c["failed"])
+        if not last or last[-1] != now:
+            last.append(now)
+            say(f"  {c['done'] + c['failed']}/{c['total']} users ({c['failed']} failed)")
+    return show
+
+
+def run_tag_eval(dataset: str | None = None, *, users: int | None = 30, cutoff: datetime | None = None,
+                 window_days: int = 28, min_events: int = 20, seed: int = 42, k: int = DEFAULT_K,
+                 recent_days: int = RECENT_DAYS, match_n: int = 6, baselines_only: bool = False,
+                 batch_id: str | None = None, runlog: Any = None, resume: bool = True, concurrency: int = 1,
+                 backend: str | None = None, model: str | None = None, base_url: str | None = None,
+                 prompts: str | None = None, factory: str | None = None, overrides: dict[str, Any] | None = None,
+                 encoder: Any = None, on_progress: Callable[[dict[str, int]], None] | None = None,
+                 say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or resume, or only read) the batch, then score IntentRec and the baselines on its users.
+    ``users=None``: every eligible user (baselines only). ``batch_id``: evaluate that batch (its users,
+    date and settings), resuming it first unless ``resume=False``."""
+    from batch.runner import BatchSpec
+    from behavior.adapters import DEFAULT_DATASET, load_dataset_cached
+    from evals.protocol import Protocol, make_split
+    from runlog.batches import BatchStore
+
+    say = say or (lambda _m: None)
+    store = info = None
+    if batch_id is not None:
+        if baselines_only:
+            raise TagEvalError("--baselines-only runs no graph: drop --batch")
+        from core.options import parse_date
+
+        store = _store(runlog)
+        info = BatchStore(store).get(batch_id)
+        batch_id = info["batch_id"]
+        spec = BatchSpec.model_validate(info["spec"])
+        if not spec.now:
+            raise TagEvalError(f"batch {batch_id} was run without --now: a temporal evaluation needs the date T")
+        t_batch = parse_date(spec.now, "batch --now")
+        if cutoff is not None and cutoff != t_batch:
+            raise TagEvalError(f"--cutoff {cutoff:%Y-%m-%d} differs from the batch's date {t_batch:%Y-%m-%d}")
+        cutoff = t_batch
+        dataset = spec.dataset
+    ds = load_dataset_cached(dataset or DEFAULT_DATASET)
+    base = Protocol(cutoff=cutoff, window_days=window_days, min_train_events=min_events, seed=seed)
+    # a small seeded split resolves T, the window and the target behaviours exactly as the protocol does
+    probe = make_split(ds, replace(base, max_users=users or 1))
+    cutoff, end, targets = probe.cutoff, probe.end, probe.stats["target_behaviors"]
+    eligible = eligible_users(ds, cutoff, end, min_events=min_events, behaviors=targets)
+    if batch_id is not None:
+        sample = [i["user_id"] for i in BatchStore(store).items(batch_id)]
+    else:
+        sample = list(eligible) if users is None else list(probe.users)
+
+    if not baselines_only and batch_id is None:
+        store = _store(runlog)
+        spec = BatchSpec(dataset=dataset, now=cutoff.date().isoformat(), index_cutoff=cutoff.date().isoformat(),
+                         overrides=dict(overrides or {}), backend=backend, model=model, base_url=base_url,
+                         prompts=prompts, factory=factory, seed=seed,
+                         selection={"eligible_users": len(eligible), "sampled": len(sample)})
+        batch_id = find_batch(store, sample, spec.model_dump())
+        if batch_id:
+            say(f"reusing batch {batch_id} (same users and settings) in {store.path}")
+        else:
+            batch_id = BatchStore(store).create(sample, spec=spec.model_dump(), dataset=dataset or ds.name)
+            say(f"created batch {batch_id}: {len(sample)} users at {cutoff:%Y-%m-%d} in {store.path}")
+
+    summary = None
+    if not baselines_only:
+        counts = BatchStore(store).counts(batch_id)
+        if resume and (counts["pending"] or counts["running"]):
+            from batch.runner import execute
+
+            say(f"running batch {batch_id}: {counts['pending']} pending of {counts['total']} (resumable: "
+                "rerun with --batch ID)")
+            summary = execute(store, batch_id, concurrency=concurrency, on_progress=on_progress or _progress(say))
+        info = BatchStore(store).get(batch_id)
+
+    ir = None if baselines_only else intentrec_outputs(store, batch_id)
+    excluded: dict[str, list[str]] = {}
+    if ir is not None:
+        excluded["failed"] = sorted(ir["failed"])
+        excluded["not_finished"] = sorted(ir["missing"])
+    eset = set(eligible)
+    candidates = [u for u in sample if ir is None or u in ir["users"]]
+    excluded["not_eligible"] = sorted(u for u in candidates if u not in eset)
+    candidates = [u for u in candidates if u in eset]
+    facts = category_facts(ds, candidates, cutoff, end, behaviors=targets, recent_days=recent_days)
+    excluded["no_categorised_purchase_in_window"] = sorted(u for u in candidates if u not in facts.next_cat)
+    evaluated = sorted(u for u in candidates if u in facts.next_cat)
+    if not evaluated:
+        raise TagEvalError("no user left to evaluate" + (f" in batch {batch_id} (counts {info['counts']}); run it "
+                                                         "without --no-resume" if batch_id else ""))
+    mapper = CategoryMapper(ds.items["category"].drop_nulls().unique().to_list(), encoder or default_encoder())
+    tags = None if ir is None else {u: ir["users"][u]["tags"] for u in evaluated}
+    table, per_user = score_methods(evaluated, facts, mapper, intentrec=tags, k=k, match_n=match_n)
+    report: dict[str, Any] = {
+        "command": "eval tags",
+        "dataset": dataset or ds.name,
+        "protocol": {"cutoff": cutoff.isoformat(), "end": end.isoformat(), "window_days": window_days,
+                     "n_users": len(evaluated), "match_n": match_n if ir is None else None,
+                     "min_train_events": min_events, "seed": seed, "k": k, "recent_days": recent_days,
+                     "target_behaviors": targets, "eligible_users": len(eligible),
+                     "sample": "numpy default_rng(seed).choice over the sorted eligible users (evals.protocol)"},
+        "definitions": {
+            "category": "items['category'] (completejourney: product_category); lines without one are ignored",
+            "mapping": "tag -> nearest category name by all-MiniLM-L6-v2 cosine (TextEncoder)",
+            "next_target": "category of the first purchase line at or after T in the window (dataset row order "
+                           "within a timestamp)",
+            "basket_target": "any category of the first basket (every line at the first timestamp) after T",
+            "discovery_target": "category of the first purchase line in the window whose category the user never "
+                                "bought before T",
+            "hr@n": "each baseline cut to as many distinct categories as IntentRec's tags had for the user"
+                    + (f" (baselines only: n = {match_n})" if ir is None else ""),
+            "recent_repeat_share": f"share of tags whose category the user bought in the {recent_days} days before T",
+            "r_div": "mean pairwise (1 - cosine) of the tags' MiniLM embeddings per user, averaged",
+            "judge": "share of graph verdicts (every pass) whose dimension is not 'defect'; grade shares",
+            "explanations": "distinct_2 = distinct / all word bigrams (pooled); idf = mean over explanations of "
+                            "the mean ln(N/df) of its distinct words, / ln N",
+        },
+        "n_categories": len(mapper.categories),
+        "baselines_only": ir is None,
+        "users": {"sample": list(sample), "n_sample": len(sample), "evaluated": evaluated,
+                  "n_evaluated": len(evaluated),
+                  "n_with_discovery_target": sum(1 for u in evaluated if u in facts.discovery),
+                  "no_discovery_target": sorted(u for u in evaluated if u not in facts.discovery),
+                  "excluded": excluded,
+                  "excluded_counts": {r: len(v) for r, v in excluded.items()}},
+        "popular": facts.popular[:k],
+        "metrics": table,
+        "notes": [],
+    }
+    if ir is not None:
+        models = ir["models"]
+        report["batch"] = {"batch_id": batch_id, "runlog": str(store.path), "spec": info["spec"],
+                           "counts": info["counts"], "ran_now": summary and summary["this_run"],
+                           "sample_matches_seed": sorted(sample) == make_split(
+                               ds, replace(base, cutoff=cutoff, max_users=len(sample))).users}
+        report["model"] = models[0] if len(models) == 1 else models
+        report["context_settings"] = ir["settings"]
+        report["intentrec"] = {"mapping_audit": mapping_audit(per_user, catalogue_categories(ds), facts.seen),
+                               **intentrec_summary(ir, evaluated)}
+        if not (info["spec"].get("index_cutoff") and info["spec"]["index_cutoff"] <= cutoff.date().isoformat()):
+            report["notes"].append(f"the batch's index cutoff is {info['spec'].get('index_cutoff')!r}, not T: the "
+                                   "retriever may have seen purchases after T")
+        report["notes"].extend(loss_notes(table, per_user))
+        if excluded["failed"] or excluded["not_finished"]:
+            report["notes"].append(f"{len(excluded['failed'])} failed and {len(excluded['not_finished'])} unfinished "
+                                   f"user(s) of batch {batch_id} are left out of every method")
+    report["notes"].append(f"{len(evaluated)} users: one user moves a hit rate by {1 / len(evaluated):.3f}")
+    report["per_user"] = per_user if ir is not None or len(evaluated) <= 200 else None
+    return report
+
+
+# ------------------------------------------------------------------------------------------------
+# human output
+
+def _fmt(x: Any) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def render(report: dict[str, Any], console: Any = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=max(Console().width, 160))
+    p, u = report["protocol"], report["users"]
+    k = p["k"]
+    head = (f"[bold]Tag evaluation[/] on {report['dataset']}: T {p['cutoff'][:10]}, {p['window_days']}-day window, "
+            f"{u['n_evaluated']} of {u['n_sample']} sampled users (seed {p['seed']}), {report['n_categories']} categories")
+    if "batch" in report:
+        head += f"; batch {report['batch']['batch_id']}, model {report.get('model')}"
+    console.print(head)
+    n_is = (f"n = {p['match_n']}" if report["baselines_only"] else "n = IntentRec's distinct categories per user")
+    t = Table(title=f"methods × metrics (K = {k}; {n_is})")
+    t.add_column("method")
+    cols = [("hr@k", f"HR@{k}"), ("discovery_hr@k", f"disc HR@{k}"), ("hr@n", "HR@n"), ("discovery_hr@n", "disc HR@n"),
+            ("hr_basket@k", f"basket HR@{k}"), ("n_tags", "tags/user"), ("distinct_categories", "distinct cats"),
+            ("r_div", "R_div"), ("recent_repeat_share", "recent repeat"), ("mapping_similarity", "map cos")]
+    for _, h in cols:
+        t.add_column(h, justify="right")
+    for m, row in report["metrics"].items():
+        t.add_row(LABELS.get(m, m), *[_fmt(row[c]) for c, _ in cols])
+    console.print(t)
+    ir = report.get("intentrec")
+    if ir:
+        j = Table(title="judge pass rates (share of verdicts not 'defect')")
+        j.add_column("kind")
+        j.add_column("verdicts", justify="right")
+        j.add_column("dimensions")
+        j.add_column("grades S/A/B")
+        for kind, r in ir["judge"].items():
+            j.add_row(kind, str(r["n_verdicts"]), ", ".join(f"{d} {_fmt(v)}" for d, v in r["pass"].items()),
+                      "/".join(_fmt(r["grades"][g]) for g in "SAB"))
+        console.print(j)
+        e = ir["explanations"]
+        console.print(f"explanations: {e['n']}, distinct-2 {_fmt(e['distinct_2'])}, IDF score {_fmt(e['idf'])}; "
+                      f"run status {ir['run_status']}; users without tags {len(ir['users_without_tags'])}; "
+                      f"tags dropped by the judge {ir['tags_dropped_by_judge']}")
+    console.print(f"discovery targets: {u['n_with_discovery_target']} users; excluded: {u['excluded_counts']}")
+    for n in report["notes"]:
+        console.print(f"  • {n}")

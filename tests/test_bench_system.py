@@ -1,0 +1,221 @@
+"""``bench system``: the attribution and aggregation on hand-made run-log rows, the scripted throughput
+section on a tiny setting, the ``--batch`` path on a real (scripted) batch, and the report's keys.
+No timing threshold of the real model is tested here."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+import evals.bench_system as bs
+from evals.bench_fixtures import SliceRetriever, agent_model
+from runlog.store import RunLog
+
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+TINY = {"n_personas": 1, "n_tags": 1, "n_items": 1}
+
+
+def at(s: float) -> str:
+    return (T0 + timedelta(seconds=s)).isoformat()
+
+
+def task(node: str, a: float, b: float, ns: str = "") -> dict:
+    return {"namespace": ns, "node": node, "started_at": at(a), "wall_s": b - a}
+
+
+def call(a: float, b: float) -> dict:
+    return {"ts": at(b), "latency_s": b - a}
+
+
+def hand_run(wall: float = 10.0, expert_end: float = 8.0) -> tuple[dict, list[dict], list[dict]]:
+    """A 10 s run: prepare, planner, two experts in parallel (the second call waited on the model
+    lock, so its latency overlaps the first), retrieval, the judge's rules, one explanation."""
+    run = {"run_id": "r", "user_id": "u", "status": "ok", "started_at": at(0), "ended_at": at(wall), "wall_s": wall}
+    tasks = [task("prepare", 0, 0.5), task("planner", 0.5, 3.5), task("expert", 3.5, 6.5),
+             task("expert", 3.5, expert_end), task("arbiter", 8.0, 8.05), task("retrieve", 8.1, 8.2),
+             task("judge_explanations", 8.2, 8.3), task("rule_evaluators", 8.2, 8.3, ns="judge_explanations:abc"),
+             task("explain", 8.3, 9.8), task("emit", 9.9, 9.95)]
+    calls = [call(0.6, 3.4), call(3.6, 6.4), call(3.6, 7.9), call(8.4, 9.7)]
+    return run, tasks, calls
+
+
+def test_run_profile_unions_overlapping_calls_and_tools():
+    p = bs.run_profile(*hand_run())
+    assert p["llm_sum_s"] == pytest.approx(2.8 + 2.8 + 4.3 + 1.3)  # what a naive sum would say
+    assert p["llm_s"] == pytest.approx(2.8 + 4.3 + 1.3)  # the union: the overlap counted once
+    assert p["prepare_s"] == pytest.approx(0.5)
+    assert p["retrieval_s"] == pytest.approx(0.1)
+    assert p["judge_rules_s"] == pytest.approx(0.1)
+    assert p["orchestration_s"] == pytest.approx(10 - (8.4 + 0.5 + 0.1 + 0.1))
+    assert p["orchestration_share"] == pytest.approx(0.09)
+    ex = p["nodes"]["expert"]
+    assert ex["tasks"] == 2 and ex["span_s"] == pytest.approx(4.5) and ex["sum_s"] == pytest.approx(7.5)
+    assert "judge_explanations/rule_evaluators" in p["subnodes"]
+    assert "rule_evaluators" not in p["nodes"]  # subgraph tasks are not top-level nodes
+
+
+def test_summarize_runs_median_p95_and_missing_nodes():
+    profiles = [bs.run_profile(*hand_run(wall=w, expert_end=e)) for w, e in ((10, 8.0), (12, 7.0), (20, 6.6))]
+    del profiles[2]["nodes"]["arbiter"]  # a run that never reached a node counts 0 there
+    s = bs.summarize_runs(profiles)
+    assert s["runs"] == 3 and s["statuses"] == {"ok": 3}
+    assert s["wall"]["median"] == 12 and s["wall"]["p95"] == pytest.approx(19.2)  # linear interpolation
+    assert s["nodes"]["expert"]["span"]["median"] == pytest.approx(3.5)
+    assert s["nodes"]["arbiter"]["runs_with_node"] == 2 and s["nodes"]["arbiter"]["span"]["min"] == 0
+    assert list(s["nodes"])[:3] == ["prepare", "planner", "expert"]  # graph order
+    assert s["orchestration_share"]["n"] == 3
+    ms = bs.summarize_runs(profiles, unit="ms")
+    assert ms["wall"]["median"] == 12000
+
+
+def test_union_length_and_percentile():
+    assert bs.union_length([(0, 2), (1, 3), (5, 6)]) == 4
+    assert bs.union_length([(0, 2), (1, 3)], lo=1.5, hi=2.5) == 1
+    assert bs.percentile([1, 2, 3, 4, 5], 50) == 3 and bs.percentile([], 95) is None
+
+
+def test_throughput_table_speedup_and_efficiency():
+    t = bs.throughput_table({1: {"users_per_min": 10.0}, 2: {"users_per_min": 19.0}, 4: {"users_per_min": 30.0}})
+    assert t["levels"] == [1, 2, 4]
+    assert t["by_concurrency"]["2"]["speedup"] == 1.9 and t["by_concurrency"]["4"]["efficiency"] == 0.75
+
+
+def test_summarize_raw_profile_buckets_by_leafmost_known_frame():
+    lines = [
+        "<module> (app.py:1);RecordedRun.events (runlog/recorder.py:1);dumps (json/__init__.py:2) 6",
+        "<module> (app.py:1);Pregel.stream (pregel/main.py:3);tick (pregel/_runner.py:4) 3",
+        "<module> (app.py:1);something (/some/prefix/lib/python3.11/threading.py:5) 1",
+    ]
+    p = bs.summarize_raw_profile(lines)
+    assert p["samples"] == 10
+    assert p["buckets"]["run log writes (runlog/: JSON + SQLite)"] == 0.6
+    assert p["buckets"]["LangGraph Pregel loop, channels, streaming"] == 0.3
+    assert p["subsystems_inclusive"]["run log (runlog/store.py, recorder.py)"] == 0.6
+    assert all("/some/prefix" not in f["frame"] for f in p["inclusive_top"])  # no machine paths
+
+
+@pytest.fixture(scope="module")
+def res():
+    return bs.Resources(dataset=None, now="2017-10-01", index_cutoff="2017-10-01")
+
+
+def test_scripted_throughput_scales_with_concurrency(res, tmp_path):
+    out = bs.section_throughput_scripted(res, levels=(1, 2, 4), users=4, delay_s=0.2, workdir=tmp_path,
+                                         variants=("full",), profile=False, ctx=TINY)
+    tab = out["variants"]["full"]
+    rows = tab["by_concurrency"]
+    assert [rows[c]["done"] for c in ("1", "2", "4")] == [4, 4, 4]
+    upm = [rows[c]["users_per_min"] for c in ("1", "2", "4")]
+    assert upm[0] < upm[1] < upm[2], upm
+    assert rows["4"]["speedup"] > 2, rows
+    assert rows["1"]["cpu_s_per_user"] > 0 and tab["gil_bound_ceiling"] > 1
+
+
+def test_latency_from_a_finished_batch(res, tmp_path):
+    store = RunLog(tmp_path / "runs.sqlite")
+    rec = bs.scripted_rec(res.dataset, delay_s=0.0, runlog=store, **TINY)
+    users = res.users(3)
+    summary = bs._run_batch(store, rec, users, now=res.now, overrides={}, concurrency=1, dataset="completejourney")
+    out = bs.section_latency(res, users=1, batch=summary["batch_id"][:8], runlog=str(tmp_path / "runs.sqlite"),
+                             workdir=tmp_path)
+    assert out["source"]["kind"] == "batch" and out["source"]["done_runs"] == 3
+    s = out["summary"]
+    assert s["runs"] == 3 and {"planner", "expert", "retrieve", "explain", "emit"} <= set(s["nodes"])
+    assert s["llm_calls"]["median"] >= 5  # planner, expert, arbiter, judge, 2 explainer calls, judge
+    assert 0 < s["orchestration_share"]["median"] <= 1
+    assert len(out["per_run"]) == 3
+
+
+def _stub(name):
+    return lambda *a, **k: {"stub": name}
+
+
+def test_report_has_every_section_and_target(monkeypatch):
+    llm = {"modes": {m: {"tokens_per_s_ratio": 0.99, "wrapper_share": 0.002} for m in ("cold", "warm")}}
+    lat = {"summary": {"runs": 2, "orchestration_share": {"median": 0.002, "p95": 0.003},
+                       "attribution": {k: {"median": 1.0} for k in ("llm_s", "retrieval_s", "judge_rules_s",
+                                                                     "prepare_s", "work_s", "orchestration_s")},
+                       "wall": {"median": 100.0}}}
+    thr = {"variants": {"full": {"levels": [1, 2], "by_concurrency": {"1": {"speedup": 1.0, "efficiency": 1.0},
+                                                                      "2": {"speedup": 1.9, "efficiency": 0.95}}}}}
+    monkeypatch.setattr(bs, "section_llm", lambda **k: llm)
+    monkeypatch.setattr(bs, "section_latency", lambda *a, **k: lat)
+    monkeypatch.setattr(bs, "section_throughput_scripted", lambda *a, **k: thr)
+    for name in ("section_prefix", "section_overhead_scripted", "section_retrieval", "section_throughput_server",
+                 "section_memory"):
+        monkeypatch.setattr(bs, name, _stub(name))
+    r = bs.run_system_bench()
+    assert set(r) >= {"meta", "gpu", "sections", "targets", "section_timing"}
+    assert set(r["sections"]) == {"latency", "overhead", "prefix", "throughput", "retrieval", "memory", "llm"}
+    assert set(r["sections"]["throughput"]) == {"scripted", "server"}
+    assert set(r["sections"]["overhead"]) == {"local", "scripted_zero_latency"}
+    assert r["sections"]["overhead"]["local"]["orchestration_share"]["median"] == 0.002
+    t = r["targets"]
+    assert t["orchestration_overhead_local_under_5pct"]["pass"] is True
+    assert t["structured_call_within_5pct_of_raw_llama_cpp"]["pass"] is True
+    assert t["scripted_throughput_near_linear_1_to_8"]["pass"] is True
+    assert r["gpu"]["available"] in (True, False) and r["gpu"]["note"]
+    json.dumps(r)  # JSON-able
+
+
+def test_a_failing_section_keeps_the_others(monkeypatch):
+    def boom(**k):
+        raise RuntimeError("no model")
+
+    monkeypatch.setattr(bs, "section_llm", boom)
+    monkeypatch.setattr(bs, "section_retrieval", _stub("retrieval"))
+    r = bs.run_system_bench(sections=["llm", "retrieval"])
+    assert r["sections"]["llm"] == {"error": "RuntimeError: no model"}
+    assert r["sections"]["retrieval"] == {"stub": "retrieval"}
+    assert r["targets"]["structured_call_within_5pct_of_raw_llama_cpp"]["pass"] is None
+
+
+def test_cli_bench_system_json(monkeypatch, capsys):
+    from tests.test_runlog_support import run_cli
+
+    code, out, _ = run_cli(["bench", "system", "--sections", "overhead", "--overhead-users", "1", "--no-profile",
+                            "--json"], monkeypatch, capsys)
+    assert code == 0, out
+    r = json.loads(out)
+    z = r["sections"]["overhead"]["scripted_zero_latency"]
+    assert z["users"] == 1 and z["runlog_on"]["wall_ms"]["median"] > 0 and z["calls_per_user_median"] >= 10
+    assert r["meta"]["command"].startswith("python app.py bench system --sections overhead")
+
+
+def test_unknown_section_is_refused():
+    from core.errors import IntentRecError
+
+    with pytest.raises(IntentRecError, match="unknown section"):
+        bs.run_system_bench(sections=["latency", "nope"])
+
+
+def test_agent_model_answers_catalogue_experts():
+    from agents.expert import expert_schema
+    from llm.structured import structured_call
+
+    schema = expert_schema(2, ("whole milk", "white bread", "frozen pizza"))
+    from langchain_core.messages import HumanMessage
+
+    r = structured_call(agent_model(), schema, [HumanMessage("PERSONA: x")])
+    assert len(r.value.tags) == 2 and {t.tag for t in r.value.tags} <= {"whole milk", "white bread", "frozen pizza"}
+
+
+def test_slice_retriever_is_deterministic(res):
+    r = SliceRetriever.from_dataset(res.dataset)
+    a, b = r.search("1", ["x"], 3), r.search("1", ["x"], 3)
+    assert [c.item_id for c in a.candidates] == [c.item_id for c in b.candidates] and len(a.candidates) == 3
+
+
+def test_peak_rss_is_the_childs_own(tmp_path):
+    import sys
+
+    import numpy as np
+
+    ballast = np.ones(400 * 1024 * 1024 // 8)  # this process holds 400 MiB more than the child will
+    r = bs.peak_rss([sys.executable, "-c", "import numpy as np, time; a = np.ones(150 * 1024 * 1024 // 8); "
+                     "time.sleep(0.4)"], cwd=tmp_path, timeout_s=60, log=tmp_path / "child.log")
+    assert r["exit_code"] == 0 and r["polls"] > 0
+    assert 150 <= r["peak_rss_mib"] < 150 + 250, r  # not the parent's high-water mark (ru_maxrss would be)
+    assert ballast.sum() > 0
