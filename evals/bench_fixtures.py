@@ -111,7 +111,7 @@ def agent_model(latency_s: float = 0.0) -> ScriptedChatModel:
 
 
 @dataclass
-class _Candidate:
+class SliceCandidate:
     item_id: str
     title: str
     category: str
@@ -123,8 +123,8 @@ class _Candidate:
 
 
 @dataclass
-class _Result:
-    candidates: list[_Candidate]
+class SliceResult:
+    candidates: list[SliceCandidate]
     user_known: bool = True
     flags: list[str] = field(default_factory=list)
 
@@ -140,11 +140,11 @@ class SliceRetriever:
         return cls(dataset.items.filter(dataset.items["category"] != "").head(n).to_dicts())
 
     def search(self, user_id: str, tags: list[str], k: int, *, beta: float | None = None,
-               per_tag_quota: int | None = None, exclude_items: Any = None) -> _Result:
+               per_tag_quota: int | None = None, exclude_items: Any = None) -> SliceResult:
         out = []
         for i, it in enumerate(self.items[:k]):
             tag = tags[i % len(tags)] if tags else None
-            out.append(_Candidate(item_id=str(it["item_id"]), title=str(it["title"]), category=str(it["category"]),
-                                  score=1.0 - i * 0.01, tags=[tag] if tag else [],
-                                  sources=["tag", "user"] if tag else ["user"]))
-        return _Result(candidates=out)
+            out.append(SliceCandidate(item_id=str(it["item_id"]), title=str(it["title"]), category=str(it["category"]),
+                                      score=1.0 - i * 0.01, tags=[tag] if tag else [],
+                                      sources=["tag", "user"] if tag else ["user"]))
+        return SliceResult(candidates=out)

@@ -57,6 +57,8 @@ from typing import Any
 
 import numpy as np
 
+from core.processes import stop
+
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("latency", "overhead", "prefix", "throughput", "retrieval", "memory", "llm")
 DEFAULT_NOW = "2017-10-01"
@@ -799,12 +801,7 @@ def section_throughput_server(res: Resources, *, levels: Sequence[int], min_user
                     "context": ctx, "structured_method": getattr(model, "structured_method", None)})
         return tab
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+        stop(proc, 15)
 
 
 def section_retrieval(res: Resources, *, n_queries: int = 2000, k: int = 100, repeats: int = 3) -> dict[str, Any]:

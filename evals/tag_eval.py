@@ -295,6 +295,23 @@ def mapping_audit(per_user: dict[str, dict[str, Any]], lookup: dict[str, set[str
 # ------------------------------------------------------------------------------------------------
 # scoring
 
+def _add_user(r: dict[str, list], mapper: CategoryMapper, *, targets: tuple[Any, Any, Any], k: int,
+              cats: list[str], small: list[str], div_texts: list[str], rep_cats: list[str], recent: set[str],
+              n_tags: int, sims: list[float]) -> None:
+    """Append one user's figures for one method: hits at k on all its categories, hits on the
+    size-matched ``small`` list, and the diversity / repeat / mapping inputs."""
+    nxt, disc, basket = targets
+    r["hr"].append(hit(cats, nxt, k))
+    r["disc"].append(hit(cats, disc, k))
+    r["hr_n"].append(hit(small, nxt, k))
+    r["disc_n"].append(hit(small, disc, k))
+    r["basket"].append(hit(cats, basket, k))
+    r["n_tags"].append(n_tags)
+    r["rdiv"].append(mean_pairwise_distance(mapper.embed(div_texts)) if len(div_texts) >= 2 else None)
+    r["rep"].append((rep_cats, recent))
+    r["sim"].extend(sims)
+
+
 def score_methods(users: Sequence[str], facts: CategoryFacts, mapper: CategoryMapper, *,
                   intentrec: dict[str, list[str]] | None, k: int = DEFAULT_K, match_n: int = 6
                   ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
@@ -316,33 +333,19 @@ def score_methods(users: Sequence[str], facts: CategoryFacts, mapper: CategoryMa
             rec["intentrec"] = {"tags": [{"tag": t, "category": c, "similarity": s}
                                          for t, (c, s) in zip(tags, mapped, strict=True)],
                                 "hit": hit(cats, nxt, k), "discovery_hit": hit(cats, disc, k)}
-            r = rows["intentrec"]
-            r["hr"].append(hit(cats, nxt, k))
-            r["disc"].append(hit(cats, disc, k))
-            r["hr_n"].append(hit(cats, nxt, k))
-            r["disc_n"].append(hit(cats, disc, k))
-            r["basket"].append(hit(cats, basket, k))
-            r["n_tags"].append(len(tags))
-            r["distinct"].append(len(cats))
-            r["rdiv"].append(mean_pairwise_distance(mapper.embed(tags)) if len(tags) >= 2 else None)
-            r["rep"].append(([c for c, _ in mapped], facts.recent_set.get(u, set())))
-            r["sim"].extend(s for _, s in mapped)
+            rows["intentrec"]["distinct"].append(len(cats))
+            _add_user(rows["intentrec"], mapper, targets=(nxt, disc, basket), k=k, cats=cats, small=cats,
+                      div_texts=tags, rep_cats=[c for c, _ in mapped], recent=facts.recent_set.get(u, set()),
+                      n_tags=len(tags), sims=[s for _, s in mapped])
         rec["n"] = n_match
         for m in BASELINES:
             tags = facts.baseline(m, u)[:k]
             mapped = mapper.map(tags)
             cats = distinct_in_order(c for c, _ in mapped)
             small = cats[:n_match]
-            r = rows[m]
-            r["hr"].append(hit(cats, nxt, k))
-            r["disc"].append(hit(cats, disc, k))
-            r["hr_n"].append(hit(small, nxt, k))
-            r["disc_n"].append(hit(small, disc, k))
-            r["basket"].append(hit(cats, basket, k))
-            r["n_tags"].append(len(tags))
-            r["rdiv"].append(mean_pairwise_distance(mapper.embed(small)) if len(small) >= 2 else None)
-            r["rep"].append((small, facts.recent_set.get(u, set())))
-            r["sim"].extend(s for _, s in mapped)
+            _add_user(rows[m], mapper, targets=(nxt, disc, basket), k=k, cats=cats, small=small, div_texts=small,
+                      rep_cats=small, recent=facts.recent_set.get(u, set()), n_tags=len(tags),
+                      sims=[s for _, s in mapped])
             rec[m] = {"hit": hit(cats, nxt, k), "discovery_hit": hit(cats, disc, k),
                       "hit@n": hit(small, nxt, k), "discovery_hit@n": hit(small, disc, k)}
         per_user[u] = rec

@@ -123,12 +123,6 @@ class BatchStore:
         return [r["user_id"] for r in self.store._query(
             "SELECT user_id FROM batch_items WHERE batch_id=? AND status='pending' ORDER BY position", (batch_id,))]
 
-    def latest_done_run(self, user_id: str) -> str | None:
-        """The newest run a batch finished for ``user_id`` (for serving precomputed results)."""
-        rows = self.store._query("SELECT run_id FROM batch_items WHERE user_id=? AND status='done' "
-                                 "ORDER BY ended_at DESC LIMIT 1", (str(user_id),))
-        return rows[0]["run_id"] if rows else None
-
     # ----- transitions --------------------------------------------------------------------------
     def claim(self, batch_id: str, user_id: str) -> Claim | None:
         """pending → running with a fresh run id; ``None`` if someone else holds the user."""

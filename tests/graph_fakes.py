@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import re
 import typing
-from dataclasses import dataclass, field
 
-from evals.bench_fixtures import fill_schema  # noqa: F401  (re-exported for the tests)
+from evals.bench_fixtures import SliceRetriever, fill_schema  # noqa: F401  (fill_schema re-exported)
 from llm.scripted import ScriptedChatModel, by_schema
 
 AGENT_SCHEMAS = {"PlannerOutput", "ExpertOutput", "ArbiterOutput", "StyleGuideline", "Explanation"}
@@ -56,38 +55,14 @@ def make_model(*, judge_outcome: str | typing.Callable = "good", k: int = 3, lat
     return ScriptedChatModel(rules=rules, latency_s=latency_s)
 
 
-@dataclass
-class FakeCandidate:
-    item_id: str
-    title: str
-    category: str
-    score: float
-    tags: list[str]
-    sources: list[str]
-    user_score: float | None = None
-    tag_score: float | None = None
-
-
-@dataclass
-class FakeResult:
-    candidates: list[FakeCandidate]
-    user_known: bool = True
-    flags: list[str] = field(default_factory=list)
-
-
-class FakeRetriever:
-    """Deterministic: the i-th item of a fixed real item list for the i-th (tag, slot)."""
+class FakeRetriever(SliceRetriever):
+    """The benchmark's deterministic slice retriever (the i-th item of a fixed real item list for the
+    i-th (tag, slot)), recording every call."""
 
     def __init__(self, items: list[dict]):
-        self.items = items
+        super().__init__(items)
         self.calls: list[dict] = []
 
     def search(self, user_id, tags, k, *, beta=None, per_tag_quota=None, exclude_items=None):
         self.calls.append({"user_id": user_id, "tags": list(tags), "k": k, "beta": beta})
-        out = []
-        for i, it in enumerate(self.items[:k]):
-            tag = tags[i % len(tags)] if tags else None
-            out.append(FakeCandidate(item_id=it["item_id"], title=it["title"], category=it["category"],
-                                     score=1.0 - i * 0.01, tags=[tag] if tag else [],
-                                     sources=["tag", "user"] if tag else ["user"]))
-        return FakeResult(candidates=out)
+        return super().search(user_id, tags, k, beta=beta, per_tag_quota=per_tag_quota, exclude_items=exclude_items)

@@ -14,6 +14,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import BaseModel, Field
 from typer.testing import CliRunner
 
+from core.processes import stop
 from llm.errors import SchemaNotSupportedError, StructuredOutputError
 from llm.factory import make_chat_model
 from llm.local import default_gguf_path
@@ -51,12 +52,7 @@ def server(tmp_path_factory):
             raise RuntimeError(f"{e}; server log tail: {log.read_text(errors='replace')[-2000:]}") from e
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc, 10)
 
 
 def settings(base: str, **kw) -> LLMSettings:
