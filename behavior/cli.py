@@ -40,7 +40,16 @@ class UnknownType(StrEnum):
     fail = "fail"
 
 
-def _load(dataset: str | None, missing_item: MissingItem | None, unknown_type: UnknownType | None):
+class TimestampUnit(StrEnum):
+    auto = "auto"
+    iso = "iso"
+    s = "s"
+    ms = "ms"
+    us = "us"
+
+
+def _load(dataset: str | None, missing_item: MissingItem | None, unknown_type: UnknownType | None,
+          timestamp_unit: TimestampUnit | None = None):
     from behavior.adapters import load_dataset
     from behavior.policies import LoadPolicies
 
@@ -49,6 +58,8 @@ def _load(dataset: str | None, missing_item: MissingItem | None, unknown_type: U
         kw["missing_item"] = missing_item.value
     if unknown_type is not None:
         kw["unknown_type"] = unknown_type.value
+    if timestamp_unit is not None:
+        kw["timestamp_unit"] = timestamp_unit.value
     return load_dataset(dataset, LoadPolicies(**kw))
 
 
@@ -69,6 +80,8 @@ _MISSING_OPT = typer.Option(None, "--missing-item", help="Behaviour whose item i
                                                          "placeholder, drop (counted; default) or fail.")
 _UNKNOWN_OPT = typer.Option(None, "--unknown-type", help="Unknown behaviour type: map (default; "
                                                          "unmapped ones dropped and counted), drop or fail.")
+_TS_OPT = typer.Option(None, "--timestamp-unit", help="How timestamp columns are read: auto (default; detected "
+                                                      "once per column), iso, s, ms or us (unix epoch).")
 
 
 @data_app.command("stats")
@@ -77,11 +90,12 @@ def stats(
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
     missing_item: MissingItem = _MISSING_OPT,
     unknown_type: UnknownType = _UNKNOWN_OPT,
+    timestamp_unit: TimestampUnit = _TS_OPT,
 ) -> None:
     """Users, items, behaviours, counts per type, time range, history lengths and the load report."""
     from behavior.stats import dataset_stats
 
-    s = dataset_stats(_load(dataset, missing_item, unknown_type))
+    s = dataset_stats(_load(dataset, missing_item, unknown_type, timestamp_unit))
     if as_json:
         _emit_json(s)
         return
@@ -138,6 +152,7 @@ def compress(
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
     missing_item: MissingItem = _MISSING_OPT,
     unknown_type: UnknownType = _UNKNOWN_OPT,
+    timestamp_unit: TimestampUnit = _TS_OPT,
 ) -> None:
     """A user's compressed behaviour context, with raw and compressed token counts."""
     from behavior.compress import CompressionConfig, compress_user
@@ -151,7 +166,7 @@ def compress(
     if min_weight is not None:
         cfg_kw["min_weight"] = min_weight
     cfg = CompressionConfig(**cfg_kw)
-    ds = _load(dataset, missing_item, unknown_type)
+    ds = _load(dataset, missing_item, unknown_type, timestamp_unit)
     if ds.report.dropped:
         n = sum(ds.report.dropped.values())
         err.print(f"[dim]note: loading dropped {n:,} row{'' if n == 1 else 's'} "

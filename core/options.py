@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from core.dates import check_date
 from core.errors import IntentRecError
 
 
@@ -13,6 +14,8 @@ def parse_date(value: str | None, option: str) -> datetime | None:
     if not value:
         return None
     try:
-        return datetime.fromisoformat(value)
+        when = datetime.fromisoformat(value)
     except ValueError:
         raise IntentRecError(f"{option} {value!r} is not an ISO-8601 date or date-time (e.g. 2017-10-01)") from None
+    check_date(when, option)
+    return when

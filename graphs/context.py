@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
 
+from core.dates import check_date
 from prompts.registry import PromptRegistry
 
 ROLES = ("planner", "expert", "arbiter", "explainer", "judge")
@@ -59,6 +60,7 @@ class Environment:
             now = datetime.fromisoformat(now)
         elif not isinstance(now, datetime):
             now = datetime(now.year, now.month, now.day)
+        check_date(now, "now")
         return cls(now=now, season=_SEASONS[now.month],
                    holidays=holidays if holidays is not None else upcoming_holidays(now.date()))
 

@@ -29,7 +29,15 @@ from langchain_core.language_models import BaseChatModel
 from behavior.schema import Dataset
 from graphs.context import ROLES, Context, Environment
 from graphs.recommend import build_graph, recursion_limit
+from graphs.state import OutputState
 from prompts.registry import PromptRegistry
+
+
+
+def output_of(state: dict[str, Any]) -> dict[str, Any]:
+    """The ``OutputState`` keys of a run's final state. ``invoke`` already returns only these; a
+    recorded run streams the full internal state, so both paths go through here and give one shape."""
+    return {k: state[k] for k in OutputState.__annotations__ if k in state}
 
 
 class IntentRec:
@@ -122,8 +130,10 @@ class IntentRec:
         it before the run starts, so a resume can find the run); a new one by default."""
         ctx = self.context(now=now, **overrides)
         if self.runlog is not None:
-            return self._recorded(user_id, ctx, thread_id, overrides, run_id).run()
-        return self.graph.invoke({"user_id": str(user_id)}, config=self._config(ctx, thread_id), context=ctx)
+            state = self._recorded(user_id, ctx, thread_id, overrides, run_id).run()
+        else:
+            state = self.graph.invoke({"user_id": str(user_id)}, config=self._config(ctx, thread_id), context=ctx)
+        return output_of(state)
 
     def stream(self, user_id: str, *, thread_id: str | None = None, now: datetime | str | None = None,
                run_id: str | None = None, **overrides: Any) -> Iterator[tuple[tuple[str, ...], dict[str, Any]]]:

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.dates import EARLIEST, LATEST, in_range
+
 
 class ContextOverrides(BaseModel):
     """Per-request overrides of the graph's context. Only these fields are accepted."""
@@ -26,9 +28,11 @@ class ContextOverrides(BaseModel):
     def _real_date(cls, v: str | None) -> str | None:
         if v is not None:
             try:
-                date.fromisoformat(v)
+                when = date.fromisoformat(v)
             except ValueError as e:
                 raise ValueError(f"not a calendar date: {v}") from e
+            if not in_range(when):
+                raise ValueError(f"{v} is outside the supported range {EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d}")
         return v
 
 

@@ -21,7 +21,7 @@ B2,Crushed Ice,Ice,,,1.00,
 BEHAVIORS = """user_id,item_id,behavior,timestamp,query,value
 u1,A1,purchase,2017-11-03T10:00:00,,2
 u1,85123A,buy,2017-11-04,,
-u1,B2,cart,1509926400,,
+u1,B2,cart,20171106T000000,,
 u2,A1,search,2017-11-05T12:00:00+02:00,apple sauce,
 u2,85123A,fav,2017-11-06T08:00:00Z,,
 """
@@ -191,7 +191,7 @@ def test_csv_generic_loads(tmp_path):
     assert b[("u1", "A1")]["value"] == 2.0
     assert b[("u1", "85123A")]["behavior"] == "purchase"  # 'buy' mapped
     assert b[("u1", "85123A")]["ts"] == datetime(2017, 11, 4)
-    assert b[("u1", "B2")]["ts"] == datetime(2017, 11, 6)  # unix seconds, UTC
+    assert b[("u1", "B2")]["ts"] == datetime(2017, 11, 6)  # ISO basic
     assert b[("u2", "A1")]["ts"] == datetime(2017, 11, 5, 10)  # +02:00 converted to UTC
     assert b[("u2", "A1")]["query"] == "apple sauce"
     assert b[("u2", "85123A")]["behavior"] == "favorite"
@@ -222,7 +222,8 @@ BAD_CASES = [
      "missing or empty item_id"),
     ("behaviors", "user_id,item_id,behavior,timestamp\nu1,A1,purchase,2017-11-03\nu1,A1,cart,03/11/2017\n",
      "behaviors.csv", 3,
-     "unparseable timestamp '03/11/2017' (expected ISO-8601 such as 2017-11-03T14:22:05, or unix seconds)"),
+     "unparseable timestamp '03/11/2017' (expected ISO-8601 such as 2017-11-03T14:22:05 or 20171103, "
+     "or unix seconds/milliseconds/microseconds)"),
     ("behaviors", "user_id,item_id,behavior,timestamp\nu1,A1,purchase,\n", "behaviors.csv", 2, "missing timestamp"),
     ("behaviors", "user_id,item_id,behavior,timestamp,value\nu1,A1,review,2017-11-03,five\n", "behaviors.csv", 2,
      "unparseable value 'five' (expected a number)"),
@@ -267,9 +268,9 @@ def test_csv_unknown_type_policies(tmp_path):
     m = load_dataset(f"csv:{root}")
     assert sorted(m.behaviors["behavior"].to_list()) == ["purchase", "purchase"]  # ORDER -> purchase
     assert m.report.dropped == {"unknown_behavior_type": 1}
-    d = load_dataset(f"csv:{root}", LoadPolicies(unknown_type="drop"))
-    assert d.behaviors["behavior"].to_list() == ["purchase"]
-    assert d.report.dropped == {"unknown_behavior_type": 2}
+    d = load_dataset(f"csv:{root}", LoadPolicies(unknown_type="drop"))  # the alias ORDER is still mapped
+    assert d.behaviors["behavior"].to_list() == ["purchase", "purchase"]
+    assert d.report.dropped == {"unknown_behavior_type": 1}
     e = error_of(f"csv:{root}", LoadPolicies(unknown_type="fail"))
     assert (e.row, e.problem.split(" (")[0]) == (3, "unknown behaviour type 'share'")
     custom = load_dataset(f"csv:{root}", LoadPolicies(unknown_type="fail",
@@ -289,3 +290,56 @@ def test_csv_location_errors(tmp_path):
     assert str(error_of(f"csv:{tmp_path / 'nowhere'}")).startswith(f"{tmp_path / 'nowhere'}: not a directory")
     root = write(tmp_path / "only_items", items=ITEMS)
     assert str(error_of(f"csv:{root}")) == f"{root / 'behaviors.csv'}: file not found"
+
+
+# ----- timestamp columns: one format per column ---------------------------------------------------------
+def _beh(*stamps: str) -> str:
+    return "user_id,item_id,behavior,timestamp\n" + "".join(f"u1,A1,purchase,{t}\n" for t in stamps)
+
+
+@pytest.mark.parametrize(("stamps", "expected"), [
+    (("20170903", "20170905"), [datetime(2017, 9, 3), datetime(2017, 9, 5)]),  # ISO basic, not 1970
+    (("20170903", "20170905T101500"), [datetime(2017, 9, 3), datetime(2017, 9, 5, 10, 15)]),
+    (("1509926400", "1509926401"), [datetime(2017, 11, 6), datetime(2017, 11, 6, 0, 0, 1)]),  # seconds
+    (("1509926400000", "1509926400500"), [datetime(2017, 11, 6), datetime(2017, 11, 6, 0, 0, 0, 500_000)]),
+    (("1509926400000000",), [datetime(2017, 11, 6)]),  # microseconds
+])
+def test_timestamp_formats_are_detected_per_column(tmp_path, stamps, expected):
+    ds = load_dataset(f"csv:{good(tmp_path, behaviors=_beh(*stamps))}")
+    assert ds.behaviors.sort("ts")["ts"].to_list() == expected
+
+
+def test_timestamp_unit_override(tmp_path):
+    root = good(tmp_path, behaviors=_beh("1509926400000"))
+    assert load_dataset(f"csv:{root}", LoadPolicies(timestamp_unit="ms")).behaviors["ts"].to_list() == \
+        [datetime(2017, 11, 6)]
+    e = error_of(f"csv:{root}", LoadPolicies(timestamp_unit="s"))  # milliseconds read as seconds
+    assert e.row == 2 and "read as unix s is outside the supported range 1970-01-01 to 2100-01-01" in e.problem
+    root2 = good(tmp_path / "b", behaviors=_beh("20170903"))
+    assert load_dataset(f"csv:{root2}", LoadPolicies(timestamp_unit="s")).behaviors["ts"].to_list() == \
+        [datetime(1970, 8, 22, 11, 1, 43)]  # asked for: the override wins over the basic-date guess
+    e = error_of(f"csv:{good(tmp_path / 'c', behaviors=_beh('1509926400'))}", LoadPolicies(timestamp_unit="iso"))
+    assert e.row == 2 and e.problem.startswith("unparseable timestamp '1509926400' (expected ISO-8601")
+
+
+@pytest.mark.parametrize(("stamps", "row", "problem"), [
+    (("1509926400", "-5"), 3, "timestamp '-5' read as unix s is outside the supported range"),
+    (("1509926400", "1509926400", "2017-11-03"), 4,
+     "unparseable timestamp '2017-11-03' (the column holds unix epoch numbers (detected); one format per column)"),
+    (("2017-11-03", "2017-11-04", "1509926400"), 4, "unparseable timestamp '1509926400' (expected ISO-8601"),
+    (("99999999999999999999",), 2, "timestamp '99999999999999999999' is too large for unix seconds"),
+    (("2017-11-03", "2117-11-03"), 3, "timestamp '2117-11-03' is outside the supported range 1970-01-01"),
+])
+def test_timestamp_errors_name_the_row(tmp_path, stamps, row, problem):
+    e = error_of(f"csv:{good(tmp_path, behaviors=_beh(*stamps))}")
+    assert e.file.endswith("behaviors.csv") and e.row == row
+    assert e.problem.startswith(problem), e.problem
+
+
+def test_documented_alias_is_known_under_every_policy(tmp_path):
+    root = good(tmp_path, behaviors="user_id,item_id,behavior,timestamp\nu1,A1,buy,2017-11-03\n"
+                                    "u1,A1,share,2017-11-04\n")
+    e = error_of(f"csv:{root}", LoadPolicies(unknown_type="fail"))
+    assert e.row == 3 and e.problem.startswith("unknown behaviour type 'share'")
+    d = load_dataset(f"csv:{root}", LoadPolicies(unknown_type="drop"))
+    assert d.behaviors["behavior"].to_list() == ["purchase"] and d.report.dropped == {"unknown_behavior_type": 1}

@@ -75,7 +75,7 @@ def test_stats_reports_rows_dropped_by_policy(tmp_path):
     assert s["load_report"]["dropped"] == {"unknown_behavior_type": 1, "item_not_in_catalogue": 1}
     p = run_json("data", "stats", "-d", f"csv:{tmp_path}", "--json", "--missing-item", "placeholder",
                  "--unknown-type", "drop")
-    assert p["behaviors"] == 0 and p["load_report"]["dropped"] == {"unknown_behavior_type": 3}
+    assert p["behaviors"] == 2 and p["load_report"]["dropped"] == {"unknown_behavior_type": 1}  # buy is an alias
     res = runner.invoke(app, ["data", "stats", "-d", f"csv:{tmp_path}", "--missing-item", "fail"])
     assert isinstance(res.exception, DataError) and res.exception.row == 3
 

@@ -134,6 +134,8 @@ def _post(client, body: Any, **kw) -> httpx.Response:
     ({"user_id": "1", "context": {"judge_mode": "loud"}}, 422, "context.judge_mode"),
     ({"user_id": "1", "context": {"now": "2017-02-30"}}, 422, "context.now: not a calendar date: 2017-02-30"),
     ({"user_id": "1", "context": {"now": "01/10/2017"}}, 422, "context.now"),
+    ({"user_id": "1", "context": {"now": "9999-12-31"}}, 422,
+     "context.now: 9999-12-31 is outside the supported range 1970-01-01 to 2100-01-01"),
     ({"user_id": "x" * 65}, 422, "user_id: String should have at most 64 characters"),
     ({"user_id": ""}, 422, "user_id: String should have at least 1 character"),
     ({"fresh": True}, 422, "user_id: Field required"),

@@ -6,8 +6,9 @@ The exact columns are documented in ``docs/data.md``. In short:
 * ``items.csv``: ``item_id``, ``title`` (required); ``category``, ``category_path`` (joined by
   ``>``), ``brand``, ``price`` (optional); any other column becomes a free attribute.
 * ``behaviors.csv``: ``user_id``, ``item_id``, ``behavior``, ``timestamp`` (required); ``query``,
-  ``value`` (optional). Timestamps are ISO-8601 (``2017-11-03``, ``2017-11-03T14:22:05``, with or
-  without an offset; offsets are converted to UTC) or unix seconds.
+  ``value`` (optional). Timestamps are ISO-8601 (``2017-11-03``, ``2017-11-03T14:22:05``, basic
+  ``20171103``, with or without an offset; offsets are converted to UTC) or unix seconds,
+  milliseconds or microseconds, detected once per column (see :func:`parse_timestamps`).
 * ``users.csv`` (optional): ``user_id`` plus any columns, which become user attributes.
 
 Design decisions
@@ -38,7 +39,7 @@ from pathlib import Path
 import polars as pl
 
 from behavior.adapters import register
-from behavior.policies import LoadPolicies
+from behavior.policies import LoadPolicies, TimestampUnit
 from behavior.schema import (
     BEHAVIOR_SCHEMA,
     CANONICAL_TYPES,
@@ -47,6 +48,7 @@ from behavior.schema import (
     Dataset,
     LoadReport,
 )
+from core.dates import EARLIEST, LATEST
 from core.errors import DataError
 
 LINE = "__line"  # the 1-based file line of each record, kept beside the data while validating
@@ -234,33 +236,95 @@ def _parse_iso(v: str) -> datetime | None:
     return dt
 
 
-def parse_timestamps(df: pl.DataFrame, col: str, *, file: str, out: str = "ts") -> pl.DataFrame:
-    """Parse ``col`` (unix seconds or ISO-8601) into ``out`` (naive UTC ``Datetime[us]``)."""
+#: micro-seconds per unit of an epoch column
+_EPOCH_US = {"s": 1_000_000, "ms": 1_000, "us": 1}
+#: ``auto`` picks the epoch unit from the column's largest magnitude: seconds up to 1e11 (year 5138),
+#: milliseconds up to 1e14, microseconds up to 1e17; beyond that nothing sane is left to guess.
+_EPOCH_LIMITS = (("s", 1e11), ("ms", 1e14), ("us", 1e17))
+_EPOCH_US_RANGE = (int(EARLIEST.replace(tzinfo=UTC).timestamp()) * 1_000_000,
+                   int(LATEST.replace(tzinfo=UTC).timestamp()) * 1_000_000)
+_BASIC_DATE = r"^\d{8}$"
+
+
+def _iso_column(df: pl.DataFrame, vals: pl.Series, col: str, *, file: str, unit: str) -> pl.Series:
+    uniq = vals.unique()
+    lookup = pl.DataFrame({"__raw": uniq,
+                           "__dt": pl.Series([_parse_iso(v) for v in uniq.to_list()], dtype=pl.Datetime("us"))})
+    ts = pl.DataFrame({"__raw": vals}).join(lookup, on="__raw", how="left", maintain_order="left")["__dt"]
+    bad = ts.is_null()
+    if bad.any():
+        r = df.filter(bad).row(0, named=True)
+        mixed = unit == "auto" and bool(vals.str.contains(_NUMERIC_TS.pattern).any())
+        hint = ("; the column mixes ISO dates with plain numbers, and one format per column is required"
+                if mixed else "")
+        raise DataError(f"unparseable {col} {r[col]!r} (expected ISO-8601 such as 2017-11-03T14:22:05 or "
+                        f"20171103, or unix seconds/milliseconds/microseconds){hint}", file=file, row=r[LINE])
+    return ts
+
+
+def _epoch_column(df: pl.DataFrame, vals: pl.Series, col: str, *, file: str, unit: str) -> pl.Series:
+    num = vals.cast(pl.Float64, strict=False)
+    bad = num.is_null()
+    if bad.any():
+        r = df.filter(bad).row(0, named=True)
+        what = "unix epoch numbers (detected)" if unit == "auto" else f"unix {unit} (the timestamp unit)"
+        raise DataError(f"unparseable {col} {r[col]!r} (the column holds {what}; one format per column)",
+                        file=file, row=r[LINE])
+    if unit == "auto":
+        peak = float(num.abs().max() or 0.0)
+        unit = next((u for u, limit in _EPOCH_LIMITS if peak < limit), "")
+        if not unit:
+            r = df.filter(num.abs() == peak).row(0, named=True)
+            raise DataError(f"{col} {r[col]!r} is too large for unix seconds, milliseconds or microseconds",
+                            file=file, row=r[LINE])
+    us = (num * _EPOCH_US[unit]).round(0)
+    lo, hi = _EPOCH_US_RANGE
+    out = (us < lo) | (us >= hi)
+    if out.any():
+        r = df.filter(out).row(0, named=True)
+        raise DataError(f"{col} {r[col]!r} read as unix {unit} is outside the supported range "
+                        f"{EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d} (set the timestamp unit if it was misread)",
+                        file=file, row=r[LINE])
+    return us.cast(pl.Int64).cast(pl.Datetime("us"))
+
+
+def parse_timestamps(df: pl.DataFrame, col: str, *, file: str, out: str = "ts",
+                     unit: TimestampUnit = "auto") -> pl.DataFrame:
+    """Parse ``col`` into ``out`` (naive UTC ``Datetime[us]``), one format for the whole column.
+
+    ``unit``: ``iso`` (ISO-8601, extended or basic: ``2017-11-03``, ``20171103``, ``20171103T101500``),
+    ``s``/``ms``/``us`` (unix epoch), or ``auto``. ``auto`` decides once per column, never per row:
+    a column whose values are mostly plain numbers is numeric, otherwise ISO (a tie goes to the
+    first row's format); a numeric column whose
+    numbers are all 8-digit valid ``YYYYMMDD`` dates in range is ISO basic; any other numeric column
+    is an epoch whose unit comes from its largest magnitude. A value that does not fit the column's
+    format is an error at its row (so a column mixing ISO dates and epoch numbers fails at the first
+    minority value), and so is any instant outside ``core.dates``' range."""
     s = pl.col(col).str.strip_chars()
     row = first_bad(df, s.is_null() | (s == ""))
     if row is not None:
         raise DataError(f"missing {col}", file=file, row=row[LINE])
     vals = df[col].str.strip_chars()
-    numeric = vals.str.contains(_NUMERIC_TS.pattern)
-    secs = vals.cast(pl.Float64, strict=False)
-    from_epoch = (secs * 1_000_000).round(0).cast(pl.Int64, strict=False).cast(pl.Datetime("us"))
-    iso_vals = vals.filter(~numeric).unique()
-    if iso_vals.len():
-        lookup = pl.DataFrame({
-            "__raw": iso_vals,
-            "__dt": pl.Series([_parse_iso(v) for v in iso_vals.to_list()], dtype=pl.Datetime("us")),
-        })
-        from_iso = pl.DataFrame({"__raw": vals}).join(lookup, on="__raw", how="left",
-                                                      maintain_order="left")["__dt"]
+    if unit == "auto":
+        numeric = vals.str.contains(_NUMERIC_TS.pattern)
+        n_num, n = int(numeric.sum()), len(vals)
+        mostly_numeric = 2 * n_num > n or (2 * n_num == n and bool(numeric[0]))  # a tie: the first row's
+        unit = "auto" if mostly_numeric else "iso"
+        nums = vals.filter(numeric)
+        if unit == "auto" and nums.str.contains(_BASIC_DATE).all():
+            as_date = nums.str.strptime(pl.Date, "%Y%m%d", strict=False)
+            if as_date.is_not_null().all() and as_date.min() >= EARLIEST.date() and as_date.max() < LATEST.date():
+                unit = "iso"
+    if unit == "iso":
+        ts = _iso_column(df, vals, col, file=file, unit=unit)
+        out_of_range = (ts < EARLIEST) | (ts >= LATEST)
+        if out_of_range.any():
+            r = df.filter(out_of_range).row(0, named=True)
+            raise DataError(f"{col} {r[col]!r} is outside the supported range {EARLIEST:%Y-%m-%d} to "
+                            f"{LATEST:%Y-%m-%d}", file=file, row=r[LINE])
     else:
-        from_iso = pl.Series("__dt", [None] * len(vals), dtype=pl.Datetime("us"))
-    ts = pl.select(pl.when(numeric).then(from_epoch).otherwise(from_iso).alias(out)).to_series()
-    bad = ts.is_null()
-    if bad.any():
-        r = df.filter(bad).row(0, named=True)
-        raise DataError(f"unparseable {col} {r[col]!r} (expected ISO-8601 such as 2017-11-03T14:22:05, "
-                        f"or unix seconds)", file=file, row=r[LINE])
-    return df.with_columns(ts)
+        ts = _epoch_column(df, vals, col, file=file, unit=unit)
+    return df.with_columns(ts.alias(out))
 
 
 def normalise_types(
@@ -276,7 +340,8 @@ def normalise_types(
 
     Canonical types and any type with a configured weight are kept as they are. ``native`` maps the
     format's own vocabulary (e.g. Taobao's ``pv``) whatever the policy says, because those names are
-    part of the format, not unknown. Other names follow ``policies.unknown_type``."""
+    part of the format, not unknown, and so do the aliases in ``policies.type_map``. Other names follow
+    ``policies.unknown_type``."""
     native = native or {}
     df = df.with_columns(pl.col(col).str.strip_chars().str.to_lowercase().alias("behavior"))
     row = first_bad(df, pl.col("behavior").is_null() | (pl.col("behavior") == ""))
@@ -289,7 +354,7 @@ def normalise_types(
             mapping[raw] = native[raw]
         elif raw in known:
             mapping[raw] = raw
-        elif policies.unknown_type == "map" and raw in policies.type_map:
+        elif raw in policies.type_map:  # documented aliases (``buy``) are known under every policy
             mapping[raw] = policies.type_map[raw]
         else:
             mapping[raw] = None
@@ -453,7 +518,7 @@ def load(arg: str | None, policies: LoadPolicies) -> Dataset:
     b = read_csv_text(bpath, required=BEHAVIOR_REQUIRED, report=report)
     report.rows_read = b.height + report.dropped.get("truncated_last_line", 0)
     b = require_ids(b, ["user_id", "item_id"], file=bfile)
-    b = parse_timestamps(b, "timestamp", file=bfile)
+    b = parse_timestamps(b, "timestamp", file=bfile, unit=policies.timestamp_unit)
     if "value" in b.columns:
         b = parse_float(b, "value", file=bfile)
     if "query" in b.columns:

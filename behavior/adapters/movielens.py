@@ -86,7 +86,7 @@ def load(arg: str | None, policies: LoadPolicies) -> Dataset:
     bad = r.filter(pl.col("rating").is_null())
     if bad.height:
         raise DataError("missing rating", file=rfile, row=bad.row(0, named=True)[LINE])
-    r = parse_timestamps(r, "timestamp", file=rfile)
+    r = parse_timestamps(r, "timestamp", file=rfile, unit=policies.timestamp_unit)
     r = r.with_columns(
         pl.when(pl.col("rating") >= LIKE_THRESHOLD).then(pl.lit("favorite")).otherwise(pl.lit("review"))
         .alias("behavior"),
@@ -103,7 +103,7 @@ def load(arg: str | None, policies: LoadPolicies) -> Dataset:
         tfile = str(tpath)
         t = read_csv_text(tpath, required=("userId", "movieId", "tag", "timestamp"), report=report)
         t = require_ids(t.rename({"userId": "user_id", "movieId": "item_id"}), ["user_id", "item_id"], file=tfile)
-        t = parse_timestamps(t, "timestamp", file=tfile)
+        t = parse_timestamps(t, "timestamp", file=tfile, unit=policies.timestamp_unit)
         t = t.with_columns(pl.col("tag").str.strip_chars())
         empty = pl.col("tag").is_null() | (pl.col("tag") == "")
         report.drop("empty_tag", int(t.select(empty.sum()).item()))

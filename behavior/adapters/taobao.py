@@ -48,7 +48,7 @@ def load(arg: str | None, policies: LoadPolicies) -> Dataset:
     df = read_csv_text(path, required=COLUMNS, columns=COLUMNS, report=report)
     report.rows_read = df.height + report.dropped.get("truncated_last_line", 0)
     df = require_ids(df, ["user_id", "item_id", "category_id"], file=file)
-    df = parse_timestamps(df, "timestamp", file=file)
+    df = parse_timestamps(df, "timestamp", file=file, unit=policies.timestamp_unit)
     df = normalise_types(df, "behavior_type", file=file, policies=policies, report=report,
                          native=NATIVE_TYPES)
 
