@@ -88,19 +88,31 @@ def test_bind_tools_is_accepted_and_ignored():
     assert len(m.calls) == 1
 
 
-def test_latency_sync_and_async():
+def test_latency_sync_and_async(monkeypatch):
+    import llm.scripted as scripted
+
     m = ScriptedChatModel(default="x", latency_s=0.05)
     t0 = time.perf_counter()
     m.invoke("a")
-    assert time.perf_counter() - t0 >= 0.05
+    assert time.perf_counter() - t0 >= 0.05  # a lower bound only: sleep never returns early
+
+    # async calls wait concurrently: count the sleeps in flight instead of timing them
+    real_sleep, state = asyncio.sleep, {"now": 0, "peak": 0, "delays": []}
+
+    async def counting_sleep(delay):
+        state["now"] += 1
+        state["peak"] = max(state["peak"], state["now"])
+        state["delays"].append(delay)
+        await real_sleep(0.01)
+        state["now"] -= 1
+
+    monkeypatch.setattr(scripted.asyncio, "sleep", counting_sleep)
 
     async def many():
-        t = time.perf_counter()
         await asyncio.gather(*(m.ainvoke("b") for _ in range(5)))
-        return time.perf_counter() - t
 
-    elapsed = asyncio.run(many())
-    assert 0.05 <= elapsed < 0.25  # concurrent, not 5 x 0.05 in series
+    asyncio.run(many())
+    assert state["peak"] == 5 and state["delays"] == [0.05] * 5  # all five in flight at once, not in series
     assert len(m.calls) == 6
 
 

@@ -336,3 +336,14 @@ def test_otel_callback_spans_follow_the_graph(tmp_path):
     while p.parent is not None:
         p = p.parent
     assert p is root
+
+
+def test_recommend_returns_the_output_keys_with_the_run_log_on_and_off(tmp_path):
+    from graphs.state import OutputState
+
+    on = make_app(RunLog(tmp_path / "runs.sqlite")).recommend(user_id(), now=NOW)
+    off = make_app(None).recommend(user_id(), now=NOW)
+    assert set(on) == set(off)
+    assert set(on) <= set(OutputState.__annotations__) and {"recommendations", "tags", "personas"} <= set(on)
+    assert "shared_context" not in on and "candidates" not in on  # internal state stays inside
+    assert [r["item_id"] for r in on["recommendations"]] == [r["item_id"] for r in off["recommendations"]]
