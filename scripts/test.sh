@@ -3,4 +3,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 INTENTREC_EXTRAS=dev,ray bash scripts/setup.sh
+# tests/test_browser.py renders a report in headless Chromium (Debian's chromium package). It is
+# installed here, inside the README's test command, so a fresh machine needs nothing else. If it
+# cannot be installed, the suite still runs and that one test fails saying why: a skipped browser
+# test would hide an HTML report that no longer renders.
+if ! command -v chromium >/dev/null; then
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
+    { $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium; } \
+        || echo "warning: could not install chromium; tests/test_browser.py will fail" >&2
+fi
 exec .venv/bin/python -m pytest -q "$@"
