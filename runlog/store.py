@@ -38,6 +38,7 @@ Design decisions
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -402,18 +403,31 @@ class RunLog:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT), serialised across threads."""
-        with self._lock:
+        with self._lock, self._readable():
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
+        with self._lock, self._readable():
             return self._conn.execute(sql, tuple(params)).fetchall()
+
+    @contextlib.contextmanager
+    def _readable(self) -> Iterator[None]:
+        """A damaged file (``database disk image is malformed``, not a lock or a constraint) becomes one
+        :class:`RunLogError` naming the file, wherever the damaged page is first read."""
+        try:
+            yield
+        except (sqlite3.OperationalError, sqlite3.IntegrityError):
+            raise
+        except sqlite3.DatabaseError as e:
+            raise RunLogError(f"{self.path}: the run log is damaged ({e}); move it aside to start a new one, "
+                              f"or try `sqlite3 {self.path.name} .recover`") from e
 
     def close(self) -> None:
         with self._lock:

@@ -347,3 +347,28 @@ def test_recommend_returns_the_output_keys_with_the_run_log_on_and_off(tmp_path)
     assert set(on) <= set(OutputState.__annotations__) and {"recommendations", "tags", "personas"} <= set(on)
     assert "shared_context" not in on and "candidates" not in on  # internal state stays inside
     assert [r["item_id"] for r in on["recommendations"]] == [r["item_id"] for r in off["recommendations"]]
+
+
+def test_corrupted_pages_are_one_run_log_error(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "runs.sqlite"
+    store = RunLog(path)
+    for i in range(300):  # enough rows for the runs table to span many pages
+        store.start_run(run_id=f"r{i:04d}", user_id=str(i), dataset="csv:x", request={"note": "x" * 200})
+    store.close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    raw = bytearray(path.read_bytes())
+    page = 4096
+    assert len(raw) > 20 * page
+    n = len(raw) // page
+    for p in range(n // 2, n):  # the schema pages survive; the later half (runs rows) is garbage
+        raw[p * page:(p + 1) * page] = bytes([0xA5]) * page
+    path.write_bytes(bytes(raw))
+    with pytest.raises(RunLogError, match=r"runs.sqlite: the run log is damaged \(database disk image is malformed\)"):
+        RunLog(path)  # before the fix: sqlite3.DatabaseError from mark_incomplete
+    monkeypatch.setenv("INTENTREC_RUNLOG_PATH", str(path))
+    from tests.test_runlog_support import run_cli
+
+    code, out, err = run_cli(["runs", "list"], monkeypatch, capsys)
+    assert code == 2 and "the run log is damaged" in out + err and "Traceback" not in out + err
