@@ -144,6 +144,8 @@ class LoadReport:
     mapped_types: dict[str, str] = field(default_factory=dict)
     placeholders: int = 0
     notes: list[str] = field(default_factory=list)
+    #: rows whose text was cut to its load-time cap, by field (``behavior/limits.py``)
+    truncated: dict[str, int] = field(default_factory=dict)
 
     def drop(self, reason: str, n: int = 1) -> None:
         if n:
@@ -156,6 +158,7 @@ class LoadReport:
             "dropped_total": sum(self.dropped.values()),
             "mapped_types": dict(self.mapped_types),
             "placeholder_items": self.placeholders,
+            "truncated": dict(self.truncated),
             "notes": list(self.notes),
         }
 

@@ -17,6 +17,7 @@ from agents.expert import TAG_PATTERN
 from behavior.compress import compress_history
 from behavior.schema import Dataset
 from graphs.context import Context
+from prompts.registry import fence_untrusted
 
 
 @dataclass
@@ -77,9 +78,11 @@ def prepare_user(dataset: Dataset, user_id: str, ctx: Context, *,
                             weights=dataset.weights)
     summary, st = comp.summary, comp.stats
     top = ", ".join(f"{c.category} ({c.count})" for c in summary.top_categories[:8])
-    behaviours = ", ".join(f"{b}: {n}" for b, n in summary.behavior_counts.items())
+    # category and behaviour names are dataset strings: each is fenced on its own in the SUMMARY
+    fenced_top = ", ".join(f"{fence_untrusted(c.category, 60)} ({c.count})" for c in summary.top_categories[:8])
+    behaviours = ", ".join(f"{fence_untrusted(b, 30)}: {n}" for b, n in summary.behavior_counts.items())
     summary_text = (f"{st.events_total} events ({behaviours}) from {summary.first_date} to {summary.last_date}; "
-                    f"top categories: {top}.")
+                    f"top categories: {fenced_top}.")
     recent = sorted({rp.label for rp in summary.recent_purchases if rp.days_ago <= ctx.recent_days})
     user = dataset.user(user_id)
     shared = ctx.prompts.get("shared_context").render(

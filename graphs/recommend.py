@@ -276,6 +276,7 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
     def judge_prep(state: State, runtime: Runtime[Context]) -> dict:
         ctx = runtime.context
         verdicts = state.get("verdicts") or {}
+        prompt_texts = [t for name in ("explainer", "explainer_style") for t in ctx.prompts.get(name).example_texts()]
         reqs = []
         for c in state.get("candidates", []):
             e = (state.get("explanations") or {}).get(c["item_id"])
@@ -289,6 +290,7 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
                 subject_id=sid, kind="explanation", text=e["text"],
                 intent=f"{c.get('persona') or ''}: {c.get('intent') or ''}", evidence=c.get("evidence") or state.get("evidence", ""),
                 item=_item_facts(dataset, c["item_id"]), environment=ctx.env.describe(), banned_terms=sorted(brands),
+                prompt_texts=prompt_texts,
             ))
         return {"judge_requests": reqs}
 

@@ -27,6 +27,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 
 from behavior.schema import Dataset
+from core.errors import IntentRecError
 from graphs.context import ROLES, Context, Environment
 from graphs.recommend import build_graph, recursion_limit
 from graphs.state import OutputState
@@ -75,10 +76,15 @@ class IntentRec:
         from retrieval.service import load_or_build_retriever
         from retrieval.text_encoder import TextEncoder
 
+        llm_settings = llm_settings or LLMSettings()
+        if llm_settings.backend == "scripted":  # checked first: before minutes of index building
+            raise IntentRecError(
+                "the scripted backend has no answers of its own, so no run could succeed: it is a test double. "
+                "Build IntentRec(models={'default': ScriptedChatModel(rules=...)}) in Python (or pass --factory), "
+                "or use --backend local or openai")
         ds = load_dataset_cached(dataset)
         encoder = TextEncoder()
         retriever = load_or_build_retriever(ds, settings=retrieval_settings, progress=progress, encoder=encoder)
-        llm_settings = llm_settings or LLMSettings()
         model = make_chat_model(llm_settings)
         prompts = PromptRegistry([prompts_dir] if prompts_dir else None)
         if llm_settings.backend == "local":

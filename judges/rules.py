@@ -70,6 +70,13 @@ MAX_TAG_WORDS = 5
 MIN_EXPLANATION_WORDS = 3
 MAX_EXPLANATION_WORDS = 40
 MAX_EXPLANATION_CHARS = 250
+#: a word sequence this long said twice is a loop (grammar-constrained small models repeat themselves)
+REPEAT_NGRAM = 3
+#: a word sequence this long shared with the prompt's own text (and not in the facts) is a copy
+COPY_NGRAM = 4
+#: abbreviations whose full stop does not end a sentence
+_ABBREVIATIONS = frozenset({"oz", "fl", "lb", "lbs", "ct", "pk", "pkg", "no", "st", "mr", "mrs", "ms", "dr", "vs",
+                            "approx", "e.g", "i.e", "etc", "inc", "co"})
 #: a holiday named this many days (or fewer) before it comes is timely
 HOLIDAY_AHEAD_DAYS = 60
 #: ... and for a few days after it (leftovers, returns)
@@ -291,6 +298,47 @@ def quantities(text: str) -> set[tuple[str, str]]:
     return {(_number(m.group(1)), _UNITS[m.group(2).lower()]) for m in _QUANTITY.finditer(text)}
 
 
+def repeated_ngram(text: str, n: int = REPEAT_NGRAM) -> str | None:
+    """The first word n-gram that occurs twice in ``text`` (folded words), or None."""
+    ws = folded(text)
+    seen: set[tuple[str, ...]] = set()
+    for i in range(len(ws) - n + 1):
+        g = tuple(ws[i:i + n])
+        if g in seen:
+            return " ".join(g)
+        seen.add(g)
+    return None
+
+
+def sentence_count(text: str) -> int:
+    """Sentences in ``text``: a terminator (. ! ?) followed by more words ends one, unless it closes an
+    abbreviation ("14.5 oz. bag") or sits inside a number ("14.5")."""
+    n = 1
+    for m in re.finditer(r"([\w.]+)([.!?]+)\s+(?=\S)", text):
+        if m.group(2) == "." and m.group(1).lower().rstrip(".") in _ABBREVIATIONS:
+            continue
+        n += 1
+    return n
+
+
+def copied_phrase(text: str, sources: Iterable[str], allowed: str = "", n: int = COPY_NGRAM) -> str | None:
+    """The first word n-gram of ``text`` that also stands in one of ``sources`` (a prompt's own
+    instructions and examples) but not in ``allowed`` (the facts it may repeat), or None."""
+    ws = folded(text)
+    grams = {tuple(ws[i:i + n]) for i in range(len(ws) - n + 1)}
+    if not grams:
+        return None
+    ok_words = folded(allowed)
+    ok = {tuple(ok_words[i:i + n]) for i in range(len(ok_words) - n + 1)}
+    for src in sources:
+        sw = folded(src)
+        for i in range(len(sw) - n + 1):
+            g = tuple(sw[i:i + n])
+            if g in grams and g not in ok:
+                return " ".join(g)
+    return None
+
+
 def item_text(req: JudgeRequest) -> str:
     """The item's own facts as one text (title, category path, brand, attributes)."""
     it = req.item
@@ -388,6 +436,11 @@ def explanation_clarity(req: JudgeRequest) -> DimensionVerdict | None:
     if n > MAX_EXPLANATION_WORDS or len(text) > MAX_EXPLANATION_CHARS:
         return _defect("clarity", f"too long ({n} words, {len(text)} characters); keep it to one short line "
                                   f"(at most {MAX_EXPLANATION_WORDS} words)")
+    loop = repeated_ngram(text)
+    if loop:
+        return _defect("clarity", f"repeats itself ({loop!r} twice); say it once")
+    if sentence_count(text) > 1:
+        return _defect("clarity", "more than one sentence; write one")
     return None
 
 
@@ -400,6 +453,9 @@ def explanation_informativeness(req: JudgeRequest) -> DimensionVerdict | None:
     extra = [w for w in folded(req.text) if w not in title]
     if len(extra) < 3:
         return _defect("informativeness", "only restates the item's name; say why it suits the shopper")
+    copy = copied_phrase(req.text, req.prompt_texts, " ; ".join((support_text(req), req.intent)))
+    if copy:
+        return _defect("informativeness", f"copies the prompt's own text ({copy!r}) instead of this item's facts")
     return None
 
 

@@ -55,6 +55,9 @@ class JudgeRequest(BaseModel):
     environment: str = ""
     #: brand names known in the catalogue (validity: no brands in tags)
     banned_terms: list[str] = Field(default_factory=list)
+    #: the literal text of the prompts that produced the output (instructions and few-shot examples):
+    #: an output that copies it is a defect (``rules.copied_prompt``)
+    prompt_texts: list[str] = Field(default_factory=list)
 
 
 class DimensionVerdict(BaseModel):

@@ -130,6 +130,12 @@ class PromptTemplate:
         text = self.render_text(**variables)
         return split_messages(text, self.path)
 
+    def example_texts(self) -> list[str]:
+        """The literal text of the template outside its ``{{ ... }}`` and ``{% ... %}`` tags: the
+        instructions and few-shot examples a small model may copy. Judges check outputs against it."""
+        plain = re.sub(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", " ", self.source, flags=re.S)
+        return [ln.strip() for ln in _ROLE_LINE.sub(" ", plain).splitlines() if len(ln.split()) >= 4]
+
 
 def split_messages(text: str, path: Path | str = "<prompt>") -> list[BaseMessage]:
     parts = _ROLE_LINE.split(text)

@@ -54,16 +54,26 @@ def search(user: str = typer.Option(..., "--user", "-u"),
            tag: list[str] = typer.Option(..., "--tag", "-t", help="Repeat for several tags."),
            k: int = typer.Option(10, "--k", "-k"), beta: float = typer.Option(None, "--beta"),
            dataset: str = _DATASET, cutoff: str = _CUTOFF, epochs: int = _EPOCHS, max_users: int = _MAX_USERS,
-           dim: int = _DIM, seed: int = _SEED, threads: int = _THREADS, llm_tags: str = _LLM_TAGS) -> None:
-    """Search the (cached, else built) index for one user and some tags."""
+           dim: int = _DIM, seed: int = _SEED, threads: int = _THREADS, llm_tags: str = _LLM_TAGS,
+           build: bool = typer.Option(False, "--build", help="Train and build the index now if none is cached "
+                                                             "for these settings (minutes).")) -> None:
+    """Search the cached index for one user and some tags. An index is trained only with ``--build``:
+    a ``--cutoff`` (or other setting) that matches no cached build is an error saying so."""
     from rich.console import Console
     from rich.table import Table
 
     from behavior.adapters import load_dataset
-    from retrieval.service import load_or_build_retriever
+    from core.errors import IntentRecError
+    from retrieval.service import artifact_dir, load_or_build_retriever
 
     ds = load_dataset(dataset)
-    r = load_or_build_retriever(ds, _settings(cutoff, epochs, max_users, dim, seed, threads, llm_tags), progress=True)
+    settings = _settings(cutoff, epochs, max_users, dim, seed, threads, llm_tags)
+    directory = artifact_dir(ds, settings)
+    if not build and not (directory / "config.json").exists():
+        raise IntentRecError(f"no index is built for these settings (dataset {ds.name}, cutoff {cutoff or 'none'}; "
+                             f"expected at {directory}): run `app.py index build` with the same options, "
+                             f"or add --build to train it now")
+    r = load_or_build_retriever(ds, settings, progress=True)
     res = r.search(user, tag, k, beta=beta)
     t = Table(title=f"user {user} known={res.user_known} flags={res.flags}")
     for col in ("item", "title", "category", "score", "user", "tag", "tags", "sources"):

@@ -251,3 +251,46 @@ def test_evaluate_rules_returns_only_decided_dimensions():
     assert {d: v.outcome for d, v in decided.items()} == {
         "safety": "defect", "factuality": "defect", "timeliness": "defect"}
     assert all(v.source == "rule" for v in decided.values())
+
+
+# ------------------------------------------------------- degenerate text no model vote can override
+BREAD = ItemFacts(item_id="2", title="Italian Bread", category="BREAD", category_path=["BAKERY", "BREAD"],
+                  attributes={})
+BANANAS = ItemFacts(item_id="3", title="Bananas, 40 lb", category="BANANAS", category_path=["PRODUCE", "BANANAS"],
+                    attributes={"package_size": "40 LB"})
+
+
+@pytest.mark.parametrize(("text", "item", "reason"), [
+    # real outputs of the embedded model from the demo, graded A before these rules
+    ("this Italian bread is Italian, French, and National, a bread that is Italian, French, and National",
+     BREAD, "repeats itself ('is italian french' twice)"),
+    ("fresh bananas for the fruit bowl, fresh bananas for the lunch box", BANANAS, "repeats itself"),
+    ("Bananas make a quick snack. They are also good in smoothies.", BANANAS, "more than one sentence"),
+])
+def test_degenerate_explanations_are_clarity_defects(text, item, reason):
+    v = explanation_clarity(expl(text, item=item))
+    assert v is not None and v.outcome == "defect" and v.reason.startswith(reason), v
+
+
+@pytest.mark.parametrize("text", ["A 14.5 oz. box of cereal for quick school mornings.",
+                                  "Ripe bananas to top your morning cereal.",
+                                  "Fresh bread for the family dinner, baked today!"])
+def test_one_clean_sentence_passes_clarity(text):
+    assert explanation_clarity(expl(text)) is None
+
+
+def test_copying_the_prompt_example_is_a_defect_unless_the_facts_say_it():
+    from judges.rules import explanation_informativeness
+    from prompts.registry import PromptRegistry
+
+    reg = PromptRegistry()
+    texts = [t for n in ("explainer", "explainer_style") for t in reg.get(n).example_texts()]
+    copy = "You often pick up cold cereal, and these bananas make breakfasts quick and easy."
+    v = explanation_informativeness(expl(copy, item=BANANAS, prompt_texts=texts))
+    assert v is not None and v.outcome == "defect" and v.reason.startswith("copies the prompt's own text")
+    own = "Sweet bananas to slice over the cereal you buy every week."
+    assert explanation_informativeness(expl(own, item=BANANAS, prompt_texts=texts)) is None
+    cereal = ItemFacts(item_id="4", title="Kids Cereal", category="COLD CEREAL", category_path=[], attributes={})
+    said = "You often pick up cold cereal for the kids."  # the phrase is in the evidence: not a copy
+    assert explanation_informativeness(expl(said, item=cereal, prompt_texts=texts,
+                                            evidence="you often pick up cold cereal")) is None

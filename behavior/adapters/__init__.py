@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import lru_cache
 
+from behavior.limits import cap_texts
 from behavior.policies import LoadPolicies
 from behavior.schema import Dataset
 from core.errors import IntentRecError
@@ -60,7 +61,7 @@ def load_dataset(spec: str | None = None, policies: LoadPolicies | None = None) 
     kind, _, arg = spec.partition(":")
     if kind not in _REGISTRY:
         raise IntentRecError(f"unknown dataset {spec!r}; use one of {available()} (e.g. taobao:PATH)")
-    return _REGISTRY[kind](arg or None, policies or LoadPolicies())
+    return cap_texts(_REGISTRY[kind](arg or None, policies or LoadPolicies()))
 
 
 @lru_cache(maxsize=4)
