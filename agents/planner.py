@@ -16,9 +16,10 @@ from graphs.context import Context
 
 
 class Persona(BaseModel):
-    name: str = Field(min_length=1, max_length=40, description="2 to 4 words")
-    focus: str = Field(min_length=1, max_length=160, description="what this persona shops for")
-    evidence: str = Field(default="", max_length=200, description="items or categories from the history")
+    # no field descriptions: they reach the grammar's path, and a small model copies them as values
+    name: str = Field(min_length=1, max_length=40)
+    focus: str = Field(min_length=1, max_length=160)
+    evidence: str = Field(default="", max_length=200)
 
 
 @lru_cache(maxsize=16)
@@ -29,10 +30,13 @@ def planner_schema(k: int) -> type[BaseModel]:
     )
 
 
-def plan(ctx: Context, shared_context: str) -> tuple[list[Persona], dict]:
+def plan(ctx: Context, shared_context: str, feedback: str = "") -> tuple[list[Persona], dict]:
+    """``feedback``: why an earlier answer was rejected (passed when the template declares it, so an
+    override template written before the variable existed still renders)."""
+    extra = {"feedback": feedback} if "feedback" in ctx.prompts.get("planner").variables else {}
     out, stat = call_agent(ctx, node="planner", role="planner", template="planner",
                            schema=planner_schema(ctx.n_personas), shared_context=shared_context,
-                           k=ctx.n_personas)
+                           k=ctx.n_personas, **extra)
     personas = _dedupe(list(out.personas))
     return personas, stat
 

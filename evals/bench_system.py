@@ -580,7 +580,7 @@ def section_prefix(res: Resources, *, user: str, reps: int = 1, n_personas: int 
     evidence = prepared.evidence.removeprefix("often buys ")[:120] or "weekly groceries"
     personas = [{"name": name, "focus": "the kinds of products in the history", "evidence": evidence}
                 for name in ("Family Cook", "Snack Lover", "Home Care", "Fresh Eater", "Baker")[:n_personas]]
-    planner_msgs = ctx.prompts.get("planner").render(shared_context=shared, k=n_personas)
+    planner_msgs = ctx.prompts.get("planner").render(shared_context=shared, k=n_personas, feedback="")
     vocab = tuple(prepared.tag_vocabulary) or None
     e_schema = expert_schema(n_tags, vocab)
     expert_msgs = [ctx.prompts.get("expert").render(shared_context=shared, persona_name=p["name"],

@@ -32,6 +32,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, Literal
 
+import polars as pl
 import structlog
 from langgraph.errors import GraphBubbleUp
 from langgraph.graph import END, START, StateGraph
@@ -47,6 +48,7 @@ from core.errors import IntentRecError
 from graphs.context import Context
 from graphs.prepare import prepare_user
 from graphs.state import InputState, OutputState, State
+from judges.personas import category_personas, persona_defect, persona_feedback
 from judges.schemas import ItemFacts, JudgeRequest
 from llm.structured import LLMError
 
@@ -123,14 +125,46 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
     @_node("planner")
     def planner(state: State, runtime: Runtime[Context]) -> dict:
         ctx = runtime.context
+        shared = state["shared_context"]
+        texts = ctx.prompts.get("planner").example_texts()
+        calls = []
         try:
-            personas, stat = plan(ctx, state["shared_context"])
+            personas, stat = plan(ctx, shared)
+            calls.append(stat)
+            for _ in range(ctx.regen_limit):
+                defects = _persona_defects(personas, texts, shared)
+                if not defects:
+                    break
+                personas, stat = plan(ctx, shared, feedback=persona_feedback(defects))
+                calls.append(stat)
         except LLMError as e:
             if not ctx.fallback_collaborative:
                 raise
-            return {"personas": [], "fallback": f"collaborative_only: planner failed: {e}",
+            return {"personas": [], "fallback": f"collaborative_only: planner failed: {e}", "calls": calls,
                     "drops": [_drop("planner", "personas", "llm_invalid", error=str(e)[:300])]}
-        return {"personas": [p.model_dump() for p in personas], "calls": [stat], "fallback": None}
+        out = [p.model_dump() for p in personas]
+        defects = _persona_defects(personas, texts, shared)
+        drops = [_drop("planner", out[i]["name"], "persona_defect", error=why) for i, why in sorted(defects.items())]
+        if defects:
+            taken = {p["name"].lower() for i, p in enumerate(out) if i not in defects}
+            spare = iter(category_personas(_top_categories(state["user_id"], ctx), len(defects), taken))
+            out = [p if i not in defects else next(spare, None) for i, p in enumerate(out)]
+            out = [p for p in out if p is not None]  # a user with fewer categories than defects
+        if not out:
+            return {"personas": [], "calls": calls, "drops": drops,
+                    "fallback": "collaborative_only: no usable persona after the planner's retries"}
+        return {"personas": out, "calls": calls, "fallback": None, "drops": drops}
+
+    def _persona_defects(personas: list, texts: list[str], shared: str) -> dict[int, str]:
+        found = {i: persona_defect(p, prompt_texts=texts, allowed=shared) for i, p in enumerate(personas)}
+        return {i: why for i, why in found.items() if why}
+
+    def _top_categories(user_id: str, ctx: Context) -> list[tuple[str, list[str]]]:
+        hist = dataset.history_with_items(user_id, before=ctx.env.now).filter(pl.col("category").fill_null("") != "")
+        top = (hist.group_by("category", "title").len().sort(["len", "title"], descending=[True, False])
+               .group_by("category", maintain_order=True).agg(pl.col("title").head(3), pl.col("len").sum())
+               .sort(["len", "category"], descending=[True, False]))
+        return [(r["category"], r["title"]) for r in top.iter_rows(named=True)]
 
     def route_planner(state: State) -> Any:
         if state.get("fallback"):

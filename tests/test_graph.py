@@ -13,7 +13,8 @@ from graphs.context import Context, Environment
 from graphs.recommend import NodeError, build_graph, recursion_limit
 from graphs.service import IntentRec
 from prompts.registry import PromptRegistry
-from tests.graph_fakes import FakeRetriever, make_model
+from llm.scripted import by_schema
+from tests.graph_fakes import FakeRetriever, make_model, planner_answer
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "graph.mmd"
 NOW = "2017-10-01"
@@ -318,3 +319,56 @@ def test_retrieve_drops_repeated_titles_and_counts_them(iso, cj, user_id, items)
     assert [c["item_id"] for c in out["candidates"]] == [items[0]["item_id"], items[2]["item_id"], items[3]["item_id"]]
     assert {"stage": "retrieve", "subject": dup["item_id"], "reason": "duplicate_title"} in out["drops"]
     assert retriever.calls[-1]["k"] >= 2 * ctx.n_items  # over-fetched so the slot can be refilled
+
+
+# the embedded model's real failure in the demo: names "2", "3", "4"; focus and evidence copied from
+# the schema descriptions and the prompt ("what this persona shops for", "2 to 4 words")
+COPIED_PERSONAS = {"personas": [{"name": str(i), "focus": "what this persona shops for", "evidence": "2 to 4 words"}
+                                for i in (2, 3)]}
+
+
+def test_defective_personas_are_regenerated_with_feedback(cj, items, user_id):
+    answers = [COPIED_PERSONAS, planner_answer(2)]
+    feedback = []
+
+    def planner(messages):
+        feedback.append("A reviewer rejected an earlier answer" in str(messages[-1].content))
+        return answers[min(len(feedback) - 1, 1)]
+
+    model = make_model(k=2, extra_rules=[by_schema("PlannerOutput", planner)])
+    out = make_rec(cj, items, model, n_personas=2, n_tags=2, n_items=2).recommend(user_id, now=NOW)
+    assert feedback == [False, True]  # asked again, told why
+    assert [p["name"] for p in out["personas"]] == ["Family Cook", "Snack Lover"]
+    assert [d["reason"] for d in out["drops"] if d["stage"] == "planner"] == []
+
+
+def test_personas_still_defective_are_replaced_from_the_users_categories(cj, items, user_id):
+    model = make_model(k=2, extra_rules=[by_schema("PlannerOutput", COPIED_PERSONAS)])
+    out = make_rec(cj, items, model, n_personas=2, n_tags=2, n_items=2, regen_limit=1).recommend(user_id, now=NOW)
+    assert len(model.calls_for("PlannerOutput")) == 2  # the first answer and one retry, no more
+    drops = [d for d in out["drops"] if d["stage"] == "planner"]
+    assert [d["reason"] for d in drops] == ["persona_defect", "persona_defect"]
+    assert drops[0]["error"].startswith("name '2' has no letters")
+    hist = cj.history_with_items(user_id, before=__import__("datetime").datetime(2017, 10, 1))
+    top = hist.group_by("category").len().sort(["len", "category"], descending=[True, False])["category"].to_list()
+    top = [c for c in top if c]
+    assert [p["name"] for p in out["personas"]] == [f"{c.title()} shopper" for c in top[:2]]
+    assert all(p["evidence"] for p in out["personas"])  # real titles the household bought
+    assert out["status"] == "ok" and out["recommendations"]
+
+
+def test_persona_defect_rules():
+    from judges.personas import persona_defect
+    from prompts.registry import PromptRegistry
+
+    texts = PromptRegistry().get("planner").example_texts()
+    ok = {"name": "Weekend Baker", "focus": "flour, butter and baking mixes", "evidence": "all purpose flour"}
+    assert persona_defect(ok, prompt_texts=texts) is None
+    assert persona_defect({**ok, "name": "  "}, prompt_texts=texts) == "empty name"
+    assert persona_defect({**ok, "name": "2017-03-20"}, prompt_texts=texts).startswith("name '2017-03-20' has no")
+    assert persona_defect({**ok, "evidence": "2 to 4 words"}, prompt_texts=texts).startswith("evidence copies")
+    assert persona_defect({**ok, "focus": "the kinds of products this persona buys"},
+                          prompt_texts=texts).startswith("focus copies")
+    # a phrase the shared context holds may be repeated: it is the customer's own history
+    assert persona_defect({**ok, "focus": "the kinds of products"}, prompt_texts=texts,
+                          allowed="HISTORY: the kinds of products x2") is None

@@ -33,11 +33,11 @@ def write(folder, name, text):
 def test_builtin_templates_load_and_render():
     reg = PromptRegistry()
     assert {"planner", "expert", "arbiter", "explainer_style", "explainer", "shared_context"} <= set(reg.names())
-    msgs = reg.get("planner").render(shared_context="CTX", k=3)
+    msgs = reg.get("planner").render(shared_context="CTX", k=3, feedback="")
     assert [m.type for m in msgs] == ["system", "human"]
     assert msgs[0].content == "CTX"
     assert "exactly 3" in msgs[1].content
-    assert reg.get("planner").ref["version"] == 2 and len(reg.get("planner").ref["sha256"]) == 16
+    assert reg.get("planner").ref["version"] == 3 and len(reg.get("planner").ref["sha256"]) == 16
 
 
 def test_override_folder_replaces_same_name(tmp_path):
@@ -73,7 +73,7 @@ def test_declared_but_unused_variable_is_an_error(tmp_path):
 
 def test_render_checks_variables():
     t = PromptRegistry().get("planner")
-    with pytest.raises(PromptError, match="missing variables \\['k'\\]"):
+    with pytest.raises(PromptError, match="missing variables \\['feedback', 'k'\\]"):
         t.render(shared_context="x")
 
 

@@ -1,0 +1,61 @@
+"""Deterministic checks on the planner's personas, run before any expert sees them.
+
+A small model fills a persona with whatever is nearest: a number or a date for the name, or the
+prompt's own words ("2 to 4 words", "what this persona shops for") for the focus and evidence. Such a
+persona sends an expert off with nothing to reason from, so the graph asks the planner again (within
+``Context.regen_limit``) and then replaces what is still defective with a persona built from the user's
+own top categories (``category_personas``), counted as a drop with reason ``persona_defect``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from judges.rules import copied_phrase
+
+#: a copied run of words this long from the planner prompt's literal text is a defect
+PERSONA_COPY_NGRAM = 3
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+def persona_defect(persona: Any, *, prompt_texts: Sequence[str], allowed: str = "") -> str | None:
+    """Why ``persona`` (a Persona or its dict) is unusable, or None. ``allowed``: text it may repeat
+    (the shared context, whose items and categories the evidence should name)."""
+    get = persona.get if isinstance(persona, dict) else lambda k, d="": getattr(persona, k, d)
+    name = (get("name", "") or "").strip()
+    if not name:
+        return "empty name"
+    if not _LETTER.search(name):
+        return f"name {name!r} has no letters (a number or a date is not a persona)"
+    for field in ("name", "focus", "evidence"):
+        value = (get(field, "") or "").strip()
+        if field == "focus" and not value:
+            return "empty focus"
+        copy = copied_phrase(value, prompt_texts, allowed, n=PERSONA_COPY_NGRAM)
+        if copy:
+            return f"{field} copies the prompt's own words ({copy!r})"
+    return None
+
+
+def persona_feedback(defects: dict[int, str]) -> str:
+    """One line for the planner's retry naming each rejected persona and why."""
+    return "; ".join(f"persona {i + 1}: {why}" for i, why in sorted(defects.items())) + \
+        ". Name each persona after what it buys, and take focus and evidence from the HISTORY."
+
+
+def category_personas(categories: Iterable[tuple[str, list[str]]], n: int, taken: set[str]) -> list[dict]:
+    """Up to ``n`` personas from (category, example titles) pairs, most bought first, skipping names in
+    ``taken`` (lower-cased)."""
+    out = []
+    for cat, titles in categories:
+        if len(out) >= n:
+            break
+        name = f"{cat.strip().title()} shopper"[:40]
+        if not cat.strip() or name.lower() in taken:
+            continue
+        taken.add(name.lower())
+        out.append({"name": name, "focus": f"buys {cat.strip().lower()}"[:160],
+                    "evidence": ", ".join(titles[:3])[:200]})
+    return out
