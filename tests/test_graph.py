@@ -12,8 +12,8 @@ from agents.arbiter import apply_rules, normalize, round_robin_fill, rule_check
 from graphs.context import Context, Environment
 from graphs.recommend import NodeError, build_graph, recursion_limit
 from graphs.service import IntentRec
-from prompts.registry import PromptRegistry
 from llm.scripted import by_schema
+from prompts.registry import PromptRegistry
 from tests.graph_fakes import FakeRetriever, make_model, planner_answer
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "graph.mmd"
