@@ -24,7 +24,7 @@ from functools import lru_cache
 from pydantic import BaseModel, Field, create_model
 
 from agents.common import call_agent
-from graphs.context import Context
+from agents.context import Context
 
 VAGUE_WORDS = frozenset({
     "stuff", "things", "thing", "products", "product", "items", "item", "various", "misc", "miscellaneous",

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from graphs.context import Context
+from agents.context import Context
 from llm.structured import structured_call
 
 T = TypeVar("T", bound=BaseModel)

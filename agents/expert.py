@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, create_model
 
 from agents.common import call_agent
-from graphs.context import Context
+from agents.context import Context
 
 
 class Intent(BaseModel):

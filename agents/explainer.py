@@ -11,7 +11,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from agents.common import call_agent
-from graphs.context import Context
+from agents.context import Context
 
 
 class StyleGuideline(BaseModel):

@@ -562,9 +562,9 @@ def section_prefix(res: Resources, *, user: str, reps: int = 1, n_personas: int 
                    threads: int | None = None) -> dict[str, Any]:
     """Prompt processing of the real planner and expert prompts, shared context as an identical
     prefix against a prefix broken by a per-call nonce (llama.cpp's own prompt-eval counter)."""
+    from agents.context import Context, Environment
     from agents.expert import expert_schema
     from agents.planner import planner_schema
-    from graphs.context import Context, Environment
     from graphs.prepare import prepare_user
     from llm.factory import make_local
     from llm.local import _common_prefix, _perf_prompt_eval_s, _perf_reset

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.context import Context
 from agents.expert import TAG_PATTERN
 from behavior.compress import compress_history
 from behavior.schema import Dataset
-from graphs.context import Context
 from prompts.registry import fence_untrusted
 
 

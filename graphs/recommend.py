@@ -11,7 +11,7 @@
                    └──────────────── B explanations, regen left (Send with feedback) ─────┘
 
 * ``build_graph(dataset=..., retriever=..., checkpointer=...)`` injects every dependency; models and
-  prompts come from the run-time :class:`~graphs.context.Context`.
+  prompts come from the run-time :class:`~agents.context.Context`.
 * The judge subgraph is added as a real node (twice: tags, explanations), so its evaluator and
   reviewer nodes show up in ``stream(..., subgraphs=True)``.
 * Only S/A outputs are emitted. B outputs go back once per ``Context.regen_limit`` with the judge's
@@ -40,12 +40,12 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command, Send
 
 from agents.arbiter import apply_rules, arbitrate, normalize, round_robin_fill
+from agents.context import Context
 from agents.expert import propose
 from agents.explainer import explain
 from agents.planner import plan
 from behavior.schema import Dataset
 from core.errors import IntentRecError
-from graphs.context import Context
 from graphs.prepare import prepare_user
 from graphs.state import InputState, OutputState, State
 from judges.personas import category_personas, persona_defect, persona_feedback

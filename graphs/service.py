@@ -26,9 +26,9 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
+from agents.context import ROLES, Context, Environment
 from behavior.schema import Dataset
 from core.errors import IntentRecError
-from graphs.context import ROLES, Context, Environment
 from graphs.recommend import build_graph, recursion_limit
 from graphs.state import OutputState
 from prompts.registry import PromptRegistry

@@ -10,7 +10,7 @@
 * ``rule_evaluators`` runs the deterministic rules for the whole batch (cheap, exact) and fans out
   with ``Send`` only the work the rules left: one ``joint_evaluator`` task per subject, or one
   ``dimension_evaluator`` task per (subject, undecided dimension). Mode, model, prompts, attempts
-  and threshold come from the runtime :class:`~graphs.context.Context` (``judge_mode``,
+  and threshold come from the runtime :class:`~agents.context.Context` (``judge_mode``,
   ``model("judge")``, ``prompts``, ``max_attempts``, ``judge_s_threshold``).
 * ``senior_reviewer`` combines rule and model verdicts (rules win) and grades S/A/B with feedback.
 * The evaluators pass ``Context.extra["call_sink"]`` (when set) to the judge functions, so the run log
@@ -54,7 +54,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command, Overwrite, Send
 
-from graphs.context import Context
+from agents.context import Context
 from judges.evaluate import check_mode, plan
 from judges.llm_judges import DIMENSION_NODE, JOINT_NODE, call_summary, judge_dimension, judge_joint
 from judges.reviewer import combine, review

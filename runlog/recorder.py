@@ -40,7 +40,7 @@ STREAM_MODES = ["updates", "tasks", "checkpoints", "values"]
 def describe_context(ctx: Any) -> dict[str, Any]:
     """What a run was configured with: models per role, prompt templates (name, version, hash,
     path), prompt folders, sizes and the environment."""
-    from graphs.context import ROLES
+    from agents.context import ROLES
     from llm.structured import model_id
 
     models: dict[str, str | None] = {}

@@ -6,10 +6,10 @@ from datetime import date, datetime
 
 import pytest
 
+from agents.context import Environment
 from core.dates import check_date, in_range
 from core.errors import IntentRecError
 from core.options import parse_date
-from graphs.context import Environment
 
 
 def test_range_bounds():

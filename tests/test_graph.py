@@ -9,7 +9,7 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 
 from agents.arbiter import apply_rules, normalize, round_robin_fill, rule_check
-from graphs.context import Context, Environment
+from agents.context import Context, Environment
 from graphs.recommend import NodeError, build_graph, recursion_limit
 from graphs.service import IntentRec
 from llm.scripted import by_schema

@@ -13,7 +13,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.graph import END, START, StateGraph
 
-from graphs.context import Context, Environment
+from agents.context import Context, Environment
 from judges.evaluate import judge_detailed, judge_many, judge_one, plan
 from judges.llm_judges import (
     DimensionJudgement,

@@ -7,9 +7,9 @@ from __future__ import annotations
 import csv
 from datetime import datetime
 
+from agents.context import Context, Environment
 from agents.explainer import item_facts_text
 from behavior.adapters import load_dataset
-from graphs.context import Context, Environment
 from graphs.prepare import prepare_user
 from prompts.registry import PromptRegistry
 from tests.graph_fakes import make_model
