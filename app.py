@@ -31,13 +31,13 @@ def main(
 def _register() -> None:
     from batch.cli import batch_cmd, batches_cmd
     from behavior.cli import data_app
+    from commands.recommend import demo_cmd, recommend_cmd
     from evals.cli import bench_app, eval_app
-    from graphs.cli import demo_cmd, recommend_cmd
-    from judges.cli import judge_app
     from llm.cli import llm_app
     from prompts.cli import prompts_app
     from retrieval.cli import index_app
     from runlog.cli import runs_app, trace_cmd
+    from runlog.judge_cli import judge_app
     from serve.cli import serve_cmd
 
     app.add_typer(data_app, name="data", help="Inspect datasets and compressed histories.")

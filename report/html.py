@@ -81,7 +81,7 @@ def render_report(store: RunLog, run_ids: list[str], *, title: str, extra: dict[
     ``extra`` (optional): ``{"meta": {label: value, ...}, "users": {user_id: {"history": {...},
     "future": {...}, ...}}}``. ``meta`` is shown as a table at the top; each user's entries are shown
     in that user's run section (``history``: e.g. the compressed-history brief; ``future``: a
-    ``graphs.demo.future_check`` result, which also adds a "bought afterwards" column to the items).
+    ``commands.demo.future_check`` result, which also adds a "bought afterwards" column to the items).
     Every value is escaped like any other data.
     """
     extra = extra or {}

@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 
 import polars as pl
 
-from graphs.demo import future_check, history_brief, pick_users
+from commands.demo import future_check, history_brief, pick_users
 from tests.test_runlog_support import dataset, run_cli
 
 FACTORY = "tests.test_runlog_support:factory"

@@ -11,9 +11,9 @@ import re
 import pytest
 
 from judges.agreement import cohen_kappa, compare_verdicts
-from judges.labels import LabelsError, import_labels
-from judges.replay import replay_runs, select_runs
 from prompts.registry import PromptRegistry
+from runlog.judge_labels import LabelsError, import_labels
+from runlog.judge_replay import replay_runs, select_runs
 from runlog.store import RunLog, RunLogError
 from tests.graph_fakes import make_model
 from tests.test_runlog_support import GENERATOR_SCHEMAS, NOW, items, make_app, run_cli, user_id
@@ -225,7 +225,7 @@ def test_export_import_agreement(logged, tmp_path, monkeypatch, capsys):
 
 
 def _header() -> str:
-    from judges.labels import _csv_columns
+    from runlog.judge_labels import _csv_columns
 
     return ",".join(_csv_columns())
 

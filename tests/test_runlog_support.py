@@ -58,14 +58,14 @@ def factory(store: Any) -> Any:
 def run_cli(args: list[str], monkeypatch: Any, capsys: Any, width: int = 200) -> tuple[int, str, str]:
     """Run ``app.py ARGS`` in process through ``app.run`` (typed errors → exit code 2 and one line)."""
     import app
-    import judges.cli
     import prompts.cli
     import runlog.cli
+    import runlog.judge_cli
 
     # the CLI callback configures structlog once per process with the stderr of that moment, which
     # is pytest's capture file here (closed afterwards); keep the configuration as it is
     monkeypatch.setattr("core.logging._configured", True)
-    for mod in (runlog.cli, judges.cli, prompts.cli):
+    for mod in (runlog.cli, runlog.judge_cli, prompts.cli):
         monkeypatch.setattr(mod, "console", Console(width=width, color_system=None))
     monkeypatch.setattr(app, "err_console", Console(stderr=True, width=width, color_system=None))
     monkeypatch.setattr(sys, "argv", ["app.py", *args])

@@ -1,5 +1,5 @@
 """`app.py recommend` (the whole graph for one user, as a table or JSON) and `app.py demo` (the main
-job: see ``graphs/demo.py``)."""
+job: see ``commands/demo.py``)."""
 
 from __future__ import annotations
 
@@ -136,8 +136,7 @@ def demo_cmd(
 
     from behavior.adapters import load_dataset_cached
     from behavior.tokens import get_token_counter
-    from core.options import parse_date
-    from graphs.demo import (
+    from commands.demo import (
         DemoUser,
         default_report_path,
         demo_date,
@@ -148,6 +147,7 @@ def demo_cmd(
         timed,
         write_demo_report,
     )
+    from core.options import parse_date
     from graphs.service import IntentRec
     from llm.settings import LLMSettings
     from retrieval.service import artifact_dir

@@ -1,5 +1,5 @@
 """`app.py judge replay | export | import | agreement`: re-judge logged outputs and compare the judge
-with itself and with people. See ``judges/replay.py`` and ``judges/labels.py``."""
+with itself and with people. See ``runlog/judge_replay.py`` and ``runlog/judge_labels.py``."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ console = Console()
 
 
 def _selection(store: Any, run: str | None, since: str | None, all_runs: bool, *, default_all: bool = False) -> list[str]:
-    from judges.replay import select_runs
+    from runlog.judge_replay import select_runs
 
     if run is None and since is None and not all_runs and default_all:
         all_runs = True
@@ -57,8 +57,8 @@ def replay_cmd(
     runlog: Path = RUNLOG_OPT,
 ) -> None:
     """Re-run only the judge on logged judge requests; write a linked verdict set; report agreement."""
-    from judges.replay import replay_runs
     from prompts.registry import PromptRegistry
+    from runlog.judge_replay import replay_runs
 
     store = open_runlog(runlog)
     ids = _selection(store, run, since, all_runs)
@@ -104,7 +104,7 @@ def export_cmd(
     runlog: Path = RUNLOG_OPT,
 ) -> None:
     """Write a labelling file of logged outputs with the judge's verdicts and empty human columns."""
-    from judges.labels import export_rows, format_for, write_labelling_file
+    from runlog.judge_labels import export_rows, format_for, write_labelling_file
 
     store = open_runlog(runlog)
     ids = _selection(store, run, since, all_runs, default_all=True)
@@ -125,7 +125,7 @@ def import_cmd(
     runlog: Path = RUNLOG_OPT,
 ) -> None:
     """Load human labels (validated line by line; nothing is stored if any line is bad)."""
-    from judges.labels import import_labels
+    from runlog.judge_labels import import_labels
 
     store = open_runlog(runlog)
     res = import_labels(store, labels, labeler=labeler, fmt=fmt)
@@ -143,7 +143,7 @@ def agreement_cmd(
     runlog: Path = RUNLOG_OPT,
 ) -> None:
     """Judge vs human labels, per dimension, with Cohen's kappa."""
-    from judges.replay import human_agreement
+    from runlog.judge_replay import human_agreement
 
     store = open_runlog(runlog)
     ids = _selection(store, run, since, all_runs, default_all=True)
