@@ -21,6 +21,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from llm.cli_options import BACKEND_OPT, BASE_URL_OPT, MODEL_OPT
 from runlog.cli import RUNLOG_OPT
 from runlog.store import open_runlog
 
@@ -49,9 +50,9 @@ def batch_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the --users sample."),
     dataset: str = typer.Option(None, "--dataset", "-d", help="Dataset spec (default completejourney)."),
     now: str = typer.Option(None, "--now", help="Environment date (YYYY-MM-DD) for every user."),
-    backend: str = typer.Option(None, "--backend", help="LLM backend: local (default), openai, scripted."),
-    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible server URL (openai backend)."),
-    model: str = typer.Option(None, "--model", help="Model name (openai) or GGUF path (local)."),
+    backend: str = BACKEND_OPT,
+    base_url: str = BASE_URL_OPT,
+    model: str = MODEL_OPT,
     index_cutoff: str = typer.Option(None, "--index-cutoff", help="Towers and index trained before YYYY-MM-DD."),
     prompts: str = typer.Option(None, "--prompts", help="Prompt override folder."),
     personas: int = typer.Option(None, "--personas", help="K personas."),

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from llm.cli_options import BACKEND_OPT, BASE_URL_OPT, MODEL_OPT, llm_overrides
 from runlog.cli import RUNLOG_OPT
 
 console = Console()
@@ -44,9 +45,9 @@ def collect(updates: Any, on_node: Any = None) -> dict[str, Any]:
 def recommend_cmd(
     user: str = typer.Option(..., "--user", "-u", help="User id, as in the dataset."),
     dataset: str = typer.Option(None, "--dataset", "-d", help="Dataset spec (default completejourney)."),
-    backend: str = typer.Option(None, "--backend", help="LLM backend: local (default), openai, scripted."),
-    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible server URL (openai backend)."),
-    model: str = typer.Option(None, "--model", help="Model name (openai) or GGUF path (local)."),
+    backend: str = BACKEND_OPT,
+    base_url: str = BASE_URL_OPT,
+    model: str = MODEL_OPT,
     now: str = typer.Option(None, "--now", help="Environment date (YYYY-MM-DD); history after it is hidden."),
     index_cutoff: str = typer.Option(
         None, "--index-cutoff", help="Use towers and index trained only on behaviours before YYYY-MM-DD (built "
@@ -62,7 +63,7 @@ def recommend_cmd(
     from graphs.service import IntentRec
     from llm.settings import LLMSettings
 
-    overrides = {k: v for k, v in {"backend": backend, "base_url": base_url, "model": model}.items() if v}
+    overrides = llm_overrides(backend, base_url, model)
     settings = LLMSettings(**overrides)
     ctx_over = {k: v for k, v in {"n_personas": personas, "n_tags": tags, "n_items": items,
                                   "judge_mode": judge_mode}.items() if v is not None}
@@ -122,9 +123,9 @@ def demo_cmd(
     user: list[str] = typer.Option(None, "--user", "-u", help="Run this user (repeatable) instead of a sample."),
     dataset: str = typer.Option(None, "--dataset", "-d", help="Dataset spec (default completejourney)."),
     now: str = typer.Option(None, "--now", help="Demo date YYYY-MM-DD (default: the evaluation cutoff, 2017-10-01)."),
-    backend: str = typer.Option(None, "--backend", help="LLM backend: local (default), openai, scripted."),
-    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible server URL (openai backend)."),
-    model: str = typer.Option(None, "--model", help="Model name (openai) or GGUF path (local)."),
+    backend: str = BACKEND_OPT,
+    base_url: str = BASE_URL_OPT,
+    model: str = MODEL_OPT,
     out: str = typer.Option(None, "--out", "-o", help="HTML report path (default <data dir>/reports/demo-TIME.html)."),
     factory: str = typer.Option(None, "--factory", help="module:function(RunLog) -> IntentRec instead of the settings."),
     runlog: Path = RUNLOG_OPT,
@@ -166,7 +167,7 @@ def demo_cmd(
     cached = factory is not None or (artifact_dir(ds, rsettings) / "config.json").exists()
     say(f"[bold]2/4[/] retrieval towers and FAISS index trained before {when:%Y-%m-%d}: "
         + ("cached" if cached else "[yellow]not built yet — training now (one time)[/]"))
-    overrides = {k: v for k, v in {"backend": backend, "base_url": base_url, "model": model}.items() if v}
+    overrides = llm_overrides(backend, base_url, model)
     llm_settings = LLMSettings(**overrides)
     if factory:
         rec, t_load = timed(load_factory(factory), open_runlog(runlog))

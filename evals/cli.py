@@ -2,6 +2,8 @@
 
 import typer
 
+from llm.cli_options import BACKEND_OPT, BASE_URL_OPT, MODEL_OPT
+
 eval_app = typer.Typer(no_args_is_help=True)
 bench_app = typer.Typer(no_args_is_help=True)
 
@@ -96,9 +98,9 @@ def eval_tags(
     batch: str = typer.Option(None, "--batch", help="Evaluate this batch (resumed first if users are pending)."),
     no_resume: bool = typer.Option(False, "--no-resume", help="Evaluate what is done; run nothing."),
     concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="Users in flight at once."),
-    backend: str = typer.Option(None, "--backend", help="LLM backend: local (default), openai, scripted."),
-    model: str = typer.Option(None, "--model", help="Model name (openai) or GGUF path (local)."),
-    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible server URL (openai backend)."),
+    backend: str = BACKEND_OPT,
+    model: str = MODEL_OPT,
+    base_url: str = BASE_URL_OPT,
     prompts: str = typer.Option(None, "--prompts", help="Prompt override folder."),
     personas: int = typer.Option(None, "--personas", help="K personas."),
     tags: int = typer.Option(None, "--tags", help="N final tags."),

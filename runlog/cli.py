@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from llm.cli_options import llm_overrides
 from runlog.store import RunLog, RunLogError, open_runlog
 from runlog.trace import STATUS_STYLE, build_trace, render_node, render_tree
 
@@ -56,7 +57,7 @@ def build_app(store: RunLog, *, dataset: str | None, factory: str | None, backen
     from graphs.service import IntentRec
     from llm.settings import LLMSettings
 
-    opts = {k: v for k, v in {"backend": backend, "model": model, "base_url": base_url}.items() if v}
+    opts = llm_overrides(backend, base_url, model)
     return IntentRec.from_settings(dataset, llm_settings=LLMSettings(**opts), runlog=store, progress=False)
 
 

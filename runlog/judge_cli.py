@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from llm.cli_options import llm_overrides
 from runlog.cli import RUNLOG_OPT, build_app
 from runlog.store import RunLogError, open_runlog
 
@@ -71,7 +72,7 @@ def replay_cmd(
         from llm.factory import make_chat_model
         from llm.settings import LLMSettings
 
-        opts = {k: v for k, v in {"backend": backend, "model": model, "base_url": base_url}.items() if v}
+        opts = llm_overrides(backend, base_url, model)
         judge_model = make_chat_model(LLMSettings(**opts))
     report = replay_runs(store, ids, model=judge_model, prompts=registry, mode=mode, threshold=threshold)
     if as_json:

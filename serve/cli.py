@@ -14,6 +14,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from llm.cli_options import BACKEND_OPT, BASE_URL_OPT, MODEL_OPT, llm_overrides
 from runlog.cli import RUNLOG_OPT
 
 console = Console(stderr=True)
@@ -23,9 +24,9 @@ def serve_cmd(
     host: str = typer.Option(None, "--host", help="Interface to bind (default 127.0.0.1; INTENTREC_SERVE_HOST)."),
     port: int = typer.Option(None, "--port", "-p", help="Port (default 8000; INTENTREC_SERVE_PORT)."),
     dataset: str = typer.Option(None, "--dataset", "-d", help="Dataset spec (default completejourney)."),
-    backend: str = typer.Option(None, "--backend", help="LLM backend: local (default), openai, scripted."),
-    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible server URL (openai backend)."),
-    model: str = typer.Option(None, "--model", help="Model name (openai) or GGUF path (local)."),
+    backend: str = BACKEND_OPT,
+    base_url: str = BASE_URL_OPT,
+    model: str = MODEL_OPT,
     index_cutoff: str = typer.Option(
         None, "--index-cutoff", help="Use towers and index trained only on behaviours before YYYY-MM-DD."),
     token: str = typer.Option(
@@ -62,8 +63,7 @@ def serve_cmd(
         from retrieval.settings import RetrievalSettings
 
         retrieval_settings = RetrievalSettings(cutoff=parse_date(index_cutoff, "--index-cutoff"))
-    llm_settings = LLMSettings(**{k: v for k, v in {"backend": backend, "base_url": base_url, "model": model}.items()
-                                  if v})
+    llm_settings = LLMSettings(**llm_overrides(backend, base_url, model))
     store = open_runlog(runlog) if runlog is not None or TraceSettings().runlog else None
     build = load_factory(factory)
 
