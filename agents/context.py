@@ -81,6 +81,10 @@ class Context:
     beta: float = 0.6
     #: how many times a B-graded tag set / explanation is regenerated with the judge's feedback
     regen_limit: int = 1
+    #: an explanation still graded B after ``regen_limit``: "drop" the item, or "facts": replace the text
+    #: with a plain line stated from the user's own history (``agents.explainer.facts_explanation``),
+    #: which is judged like any other before it is shown; counted as ``explanation_from_facts``
+    explanation_fallback: Literal["drop", "facts"] = "drop"
     judge_mode: Literal["joint", "per_dimension"] = "joint"
     #: "open": experts write any 2-4-word tag; "catalogue": tags are constrained (grammar enum) to
     #: catalogue product types near the user's categories (agents/expert.py)

@@ -52,3 +52,22 @@ def explain(ctx: Context, *, item: dict, intent: str, persona: str, evidence: st
                           item_facts=facts, evidence=evidence, feedback=feedback)
     text = " ".join(expl.text.split())
     return text, guide.text(), [s1, s2]
+
+
+def facts_explanation(title: str, category: str, *, item_count: int, category_count: int, tag: str | None) -> str:
+    """One plain sentence stated only from facts about the item and the user's own history: the
+    explanation fallback when the model's texts keep failing the judge (``Context.explanation_fallback``).
+    No counts or dates: the factuality rule accepts only numbers the item facts or evidence hold."""
+    name = " ".join(title.split()) or "This item"
+    cat = " ".join((category or "").split()).lower()
+    if item_count >= 3:
+        return f"{name}: a regular in your basket, bought again and again."
+    if item_count:
+        return f"{name}: you have bought it before."
+    if cat and category_count >= 3:
+        return f"{name}: from {cat}, a kind of product you buy often."
+    if cat and category_count:
+        return f"{name}: from {cat}, a kind of product you have tried."
+    if tag:
+        return f"{name}: it matches {' '.join(tag.split())}, an interest read from your history."
+    return f"{name}: often bought by households whose baskets look like yours."

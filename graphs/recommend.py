@@ -42,7 +42,7 @@ from langgraph.types import Command, Send
 from agents.arbiter import apply_rules, arbitrate, normalize, round_robin_fill
 from agents.context import Context
 from agents.expert import propose
-from agents.explainer import explain
+from agents.explainer import explain, facts_explanation
 from agents.planner import plan
 from behavior.schema import Dataset
 from core.errors import IntentRecError
@@ -333,24 +333,37 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
         ctx = runtime.context
         verdicts = state.get("verdicts") or {}
         regen = state.get("regen") or {}
-        sends, drops, counters = [], [], {}
+        sends, drops, counters, facts = [], [], {}, {}
         for req in state.get("judge_requests", []):
             v = verdicts.get(req.subject_id)
             if v is not None and v.passed:
                 continue
             item_id = req.subject_id.removeprefix("expl:")
             n = regen.get(req.subject_id, 0)
+            cand = next(c for c in state["candidates"] if c["item_id"] == item_id)
             if n < ctx.regen_limit:
                 counters[req.subject_id] = n + 1
-                cand = next(c for c in state["candidates"] if c["item_id"] == item_id)
                 sends.append(Send("explain", {"item": cand, "evidence": state.get("evidence", ""),
                                               "run_id": state.get("run_id", ""),
                                               "feedback": v.feedback if v else "no verdict"}))
+            elif n == ctx.regen_limit and ctx.explanation_fallback == "facts":
+                counters[req.subject_id] = n + 1  # one judged try of the facts line, then drop
+                facts[item_id] = {"text": _facts_line(state["user_id"], cand, ctx), "source": "facts"}
+                drops.append(_drop("judge_explanations", item_id, "explanation_from_facts"))
             else:
                 drops.append(_drop("judge_explanations", item_id, "graded_B_after_regen"))
         if sends:
-            return Command(goto=sends, update={"regen": counters})
+            return Command(goto=sends, update={"regen": counters, "drops": drops})
+        if facts:
+            return Command(goto="judge_prep", update={"regen": counters, "explanations": facts, "drops": drops})
         return Command(goto="emit", update={"drops": drops})
+
+    def _facts_line(user_id: str, cand: dict, ctx: Context) -> str:
+        hist = dataset.history_with_items(user_id, before=ctx.env.now)
+        return facts_explanation(cand["title"], cand.get("category") or "", tag=cand.get("tag"),
+                                 item_count=int((hist["item_id"] == cand["item_id"]).sum()),
+                                 category_count=int((hist["category"] == (cand.get("category") or "")).sum())
+                                 if cand.get("category") else 0)
 
     @_node("emit")
     def emit(state: State, runtime: Runtime[Context]) -> dict:
@@ -366,6 +379,7 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
                 "item_id": c["item_id"], "title": c["title"], "category": c["category"], "tag": c.get("tag"),
                 "persona": c.get("persona"), "score": c["score"], "sources": c["sources"],
                 "explanation": e["text"], "guideline": e.get("guideline", ""), "grade": v.grade,
+                "explanation_source": e.get("source", "llm"),
                 "tag_grade": tv.grade if tv else None,
                 "dimensions": {d.dimension: d.outcome for d in v.dimensions},
             })

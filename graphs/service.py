@@ -160,13 +160,15 @@ class IntentRec:
 
 
 def small_model_profile(dataset: Dataset, encoder: Any) -> dict[str, Any]:
-    """Context defaults for the embedded local model (SmolLM2-135M): catalogue-constrained tags and
-    the semantic judge profile (rules + embedding evaluators instead of LLM judge calls). A 135M model
-    writes junk tags when free and cannot discriminate as a judge (measured; see judges/semantic.py
-    and agents/expert.py). Any explicit override wins."""
+    """Context defaults for the embedded local model (SmolLM2-135M): catalogue-constrained tags, the
+    semantic judge profile (rules + embedding evaluators instead of LLM judge calls), and the facts
+    fallback for explanations. A 135M model writes junk tags when free, cannot discriminate as a judge
+    (measured; see judges/semantic.py and agents/expert.py), and mostly copies the explainer's example,
+    which the judge rejects: without the fallback its users would be shown nothing. Any explicit
+    override wins."""
     from judges.semantic import SemanticJudge, catalogue_vocabulary
 
-    return {"tag_vocabulary": "catalogue", "judge_profile": "semantic",
+    return {"tag_vocabulary": "catalogue", "judge_profile": "semantic", "explanation_fallback": "facts",
             "semantic_judge": SemanticJudge(encoder, catalogue_vocabulary(dataset))}
 
 

@@ -372,3 +372,40 @@ def test_persona_defect_rules():
     # a phrase the shared context holds may be repeated: it is the customer's own history
     assert persona_defect({**ok, "focus": "the kinds of products"}, prompt_texts=texts,
                           allowed="HISTORY: the kinds of products x2") is None
+
+
+def test_facts_fallback_explanations_are_judged_before_they_are_shown(cj, items, user_id):
+    scripted_text = "A handy pick that fits the way this household already shops."
+
+    def judge(messages, schema):  # fails the model's text, passes anything else
+        return "defect" if scripted_text in "\n".join(str(m.content) for m in messages) else "good"
+
+    model = make_model(judge_outcome=judge, k=2)
+    rec = make_rec(cj, items, model, n_personas=2, n_tags=2, n_items=3, regen_limit=1,
+                   explanation_fallback="facts")
+    out = rec.recommend(user_id, now=NOW)
+    recs = out["recommendations"]
+    assert len(recs) == 3 and {r["explanation_source"] for r in recs} == {"facts"}
+    assert all(r["grade"] in ("S", "A") and r["explanation"].startswith(r["title"]) for r in recs)
+    assert sorted(d["reason"] for d in out["drops"] if d["stage"] == "judge_explanations") == \
+        ["explanation_from_facts"] * 3
+    assert len(model.calls_for("Explanation")) == 6  # the model tried twice per item first
+
+    # a judge that fails the facts line too: the item is dropped, never shown unjudged
+    model = make_model(judge_outcome="defect", k=2)
+    out = make_rec(cj, items, model, n_personas=2, n_tags=2, n_items=2, regen_limit=0,
+                   explanation_fallback="facts").recommend(user_id, now=NOW)
+    assert out["recommendations"] == []
+
+
+def test_facts_explanation_states_only_history_facts():
+    from agents.explainer import facts_explanation
+
+    assert facts_explanation("Bananas", "BANANAS", item_count=5, category_count=9, tag=None) == \
+        "Bananas: a regular in your basket, bought again and again."
+    assert facts_explanation("Bananas", "BANANAS", item_count=1, category_count=1, tag=None) == \
+        "Bananas: you have bought it before."
+    assert facts_explanation("Fuji Apples", "APPLES", item_count=0, category_count=4, tag=None) == \
+        "Fuji Apples: from apples, a kind of product you buy often."
+    assert facts_explanation("Oat Milk", "MILK", item_count=0, category_count=0, tag="dairy free milk") == \
+        "Oat Milk: it matches dairy free milk, an interest read from your history."
