@@ -48,7 +48,7 @@ from behavior.schema import Dataset
 from core.errors import IntentRecError
 from graphs.prepare import prepare_user
 from graphs.state import InputState, OutputState, State
-from judges.personas import category_personas, persona_defect, persona_feedback
+from judges.personas import category_personas, persona_defects, persona_feedback
 from judges.schemas import ItemFacts, JudgeRequest
 from llm.structured import LLMError
 
@@ -132,7 +132,7 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
             personas, stat = plan(ctx, shared)
             calls.append(stat)
             for _ in range(ctx.regen_limit):
-                defects = _persona_defects(personas, texts, shared)
+                defects = persona_defects(personas, prompt_texts=texts, allowed=shared)
                 if not defects:
                     break
                 personas, stat = plan(ctx, shared, feedback=persona_feedback(defects))
@@ -143,7 +143,7 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
             return {"personas": [], "fallback": f"collaborative_only: planner failed: {e}", "calls": calls,
                     "drops": [_drop("planner", "personas", "llm_invalid", error=str(e)[:300])]}
         out = [p.model_dump() for p in personas]
-        defects = _persona_defects(personas, texts, shared)
+        defects = persona_defects(personas, prompt_texts=texts, allowed=shared)
         drops = [_drop("planner", out[i]["name"], "persona_defect", error=why) for i, why in sorted(defects.items())]
         if defects:
             taken = {p["name"].lower() for i, p in enumerate(out) if i not in defects}
@@ -154,10 +154,6 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
             return {"personas": [], "calls": calls, "drops": drops,
                     "fallback": "collaborative_only: no usable persona after the planner's retries"}
         return {"personas": out, "calls": calls, "fallback": None, "drops": drops}
-
-    def _persona_defects(personas: list, texts: list[str], shared: str) -> dict[int, str]:
-        found = {i: persona_defect(p, prompt_texts=texts, allowed=shared) for i, p in enumerate(personas)}
-        return {i: why for i, why in found.items() if why}
 
     def _top_categories(user_id: str, ctx: Context) -> list[tuple[str, list[str]]]:
         hist = dataset.history_with_items(user_id, before=ctx.env.now).filter(pl.col("category").fill_null("") != "")

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from judges.rules import copied_phrase
+from judges.rules import copied_phrase, folded
 
 #: a copied run of words this long from the planner prompt's literal text is a defect
 PERSONA_COPY_NGRAM = 3
@@ -29,6 +29,8 @@ def persona_defect(persona: Any, *, prompt_texts: Sequence[str], allowed: str = 
         return "empty name"
     if not _LETTER.search(name):
         return f"name {name!r} has no letters (a number or a date is not a persona)"
+    if " ".join(folded(get("focus", "") or "")) == " ".join(folded(name)):
+        return "focus only repeats the name; say what this persona buys"
     for field in ("name", "focus", "evidence"):
         value = (get(field, "") or "").strip()
         if field == "focus" and not value:
@@ -37,6 +39,22 @@ def persona_defect(persona: Any, *, prompt_texts: Sequence[str], allowed: str = 
         if copy:
             return f"{field} copies the prompt's own words ({copy!r})"
     return None
+
+
+def persona_defects(personas: Sequence[Any], *, prompt_texts: Sequence[str], allowed: str = "") -> dict[int, str]:
+    """``persona_defect`` for each persona, plus: a persona whose focus another one already has adds
+    nothing (the planner's answer for three routes is often one persona three times)."""
+    out: dict[int, str] = {}
+    seen: dict[str, int] = {}
+    for i, p in enumerate(personas):
+        why = persona_defect(p, prompt_texts=prompt_texts, allowed=allowed)
+        focus = " ".join(folded((p.get("focus") if isinstance(p, dict) else getattr(p, "focus", "")) or ""))
+        if why is None and focus in seen:
+            why = f"same focus as persona {seen[focus] + 1}"
+        seen.setdefault(focus, i)
+        if why:
+            out[i] = why
+    return out
 
 
 def persona_feedback(defects: dict[int, str]) -> str:

@@ -369,6 +369,13 @@ def test_persona_defect_rules():
     assert persona_defect({**ok, "evidence": "2 to 4 words"}, prompt_texts=texts).startswith("evidence copies")
     assert persona_defect({**ok, "focus": "the kinds of products this persona buys"},
                           prompt_texts=texts).startswith("focus copies")
+    # the demo's real answers: the name as focus, and one persona three times
+    assert persona_defect({"name": "Mike", "focus": "Mike", "evidence": ""}, prompt_texts=texts).startswith(
+        "focus only repeats the name")
+    from judges.personas import persona_defects
+
+    same = [ok, {**ok, "name": "Weekend Baker 2"}, {**ok, "name": "Coffee Lover", "focus": "ground coffee"}]
+    assert persona_defects(same, prompt_texts=texts) == {1: "same focus as persona 1"}
     # a phrase the shared context holds may be repeated: it is the customer's own history
     assert persona_defect({**ok, "focus": "the kinds of products"}, prompt_texts=texts,
                           allowed="HISTORY: the kinds of products x2") is None
