@@ -126,7 +126,7 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
     def planner(state: State, runtime: Runtime[Context]) -> dict:
         ctx = runtime.context
         shared = state["shared_context"]
-        texts = ctx.prompts.get("planner").example_texts()
+        texts = [t for name in ("planner", "shared_context") for t in ctx.prompts.get(name).example_texts()]
         calls = []
         try:
             personas, stat = plan(ctx, shared)

@@ -38,7 +38,17 @@ def persona_defect(persona: Any, *, prompt_texts: Sequence[str], allowed: str = 
         copy = copied_phrase(value, prompt_texts, allowed, n=PERSONA_COPY_NGRAM)
         if copy:
             return f"{field} copies the prompt's own words ({copy!r})"
+    if allowed and not grounded(f"{get('focus', '')} {get('evidence', '')}", allowed, prompt_texts):
+        return "focus and evidence name nothing from the customer's history"
     return None
+
+
+def grounded(text: str, context: str, prompt_texts: Sequence[str]) -> bool:
+    """True when ``text`` shares a content word (3+ letters) with ``context`` that the prompts' own
+    literal text does not hold, i.e. a word that can only have come from the customer's data."""
+    prompt_words = {w for t in prompt_texts for w in folded(t)}
+    words = {w for w in folded(text) if len(w) >= 3 and w not in prompt_words}
+    return bool(words & set(folded(context)))
 
 
 def persona_defects(personas: Sequence[Any], *, prompt_texts: Sequence[str], allowed: str = "") -> dict[int, str]:

@@ -13,10 +13,15 @@ from llm.scripted import ScriptedChatModel, by_schema
 AGENT_SCHEMAS = {"PlannerOutput", "ExpertOutput", "ArbiterOutput", "StyleGuideline", "Explanation"}
 
 
-def planner_answer(k: int = 3) -> dict:
+def planner_answer(k: int = 3, messages=None) -> dict:
+    """K personas; with the prompt given, each one's focus names one of the SUMMARY's top categories, as
+    a grounded planner would (the persona checks reject personas that name nothing from the history)."""
     names = ["Family Cook", "Snack Lover", "Home Care", "Fresh Eater", "Baker"][:k]
-    return {"personas": [{"name": n, "focus": f"{n.lower()} shopping", "evidence": "frequent purchases"}
-                         for n in names]}
+    text = "\n".join(str(m.content) for m in messages or [])
+    cats = re.findall(r"«([^»]+)» \(\d+\)", text.split("top categories:", 1)[1]) if "top categories:" in text else []
+    cats = cats or ["frequent purchases"]
+    return {"personas": [{"name": n, "focus": f"{n.lower()} shopping: {cats[i % len(cats)].lower()}",
+                          "evidence": cats[i % len(cats)]} for i, n in enumerate(names)]}
 
 
 def expert_answer(messages) -> dict:
@@ -46,7 +51,7 @@ def make_model(*, judge_outcome: str | typing.Callable = "good", k: int = 3, lat
         return fill_schema(schema, outcome)
 
     rules = [*(extra_rules or []),
-             by_schema("PlannerOutput", planner_answer(k)),
+             by_schema("PlannerOutput", lambda messages: planner_answer(k, messages)),
              by_schema("ExpertOutput", expert_answer),
              by_schema("ArbiterOutput", arbiter_answer),
              by_schema("StyleGuideline", {"tone": "warm", "angle": "habit", "avoid": "hype"}),

@@ -328,12 +328,11 @@ COPIED_PERSONAS = {"personas": [{"name": str(i), "focus": "what this persona sho
 
 
 def test_defective_personas_are_regenerated_with_feedback(cj, items, user_id):
-    answers = [COPIED_PERSONAS, planner_answer(2)]
     feedback = []
 
     def planner(messages):
         feedback.append("A reviewer rejected an earlier answer" in str(messages[-1].content))
-        return answers[min(len(feedback) - 1, 1)]
+        return COPIED_PERSONAS if len(feedback) == 1 else planner_answer(2, messages)
 
     model = make_model(k=2, extra_rules=[by_schema("PlannerOutput", planner)])
     out = make_rec(cj, items, model, n_personas=2, n_tags=2, n_items=2).recommend(user_id, now=NOW)
@@ -377,8 +376,15 @@ def test_persona_defect_rules():
     same = [ok, {**ok, "name": "Weekend Baker 2"}, {**ok, "name": "Coffee Lover", "focus": "ground coffee"}]
     assert persona_defects(same, prompt_texts=texts) == {1: "same focus as persona 1"}
     # a phrase the shared context holds may be repeated: it is the customer's own history
-    assert persona_defect({**ok, "focus": "the kinds of products"}, prompt_texts=texts,
-                          allowed="HISTORY: the kinds of products x2") is None
+    assert persona_defect({**ok, "focus": "the kinds of products flour"}, prompt_texts=texts,
+                          allowed="HISTORY: the kinds of products flour x2") is None
+    # with the shared context given, focus and evidence must name something from it
+    history = "HISTORY: 2017-09(purchase: all purpose flour x2, butter) SUMMARY: top categories: «baking»"
+    assert persona_defect(ok, prompt_texts=texts, allowed=history) is None
+    for junk in ({"name": "SHOP_A", "focus": "SHOP_B", "evidence": ""},
+                 {"name": "persona1", "focus": "Focus on the main product of the persona.", "evidence": ""}):
+        assert persona_defect(junk, prompt_texts=texts, allowed=history) == \
+            "focus and evidence name nothing from the customer's history", junk
 
 
 def test_facts_fallback_explanations_are_judged_before_they_are_shown(cj, items, user_id):
