@@ -7,7 +7,7 @@
 * **item-kNN**: item-item cosine over binary user×item co-occurrence, each item keeping its
   ``neighbors`` most similar items (RecBole's ItemKNN, k=100, no shrinkage); a user's score for item j
   is the summed similarity of j to the items in their history. Items the user already bought are
-  excluded (the "log-fitting" explore model, as in DESIGN.md's calibration).
+  excluded (the "log-fitting" explore model of the first calibration).
 """
 
 from __future__ import annotations

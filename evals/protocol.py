@@ -10,7 +10,7 @@
   training purchases (ties by item id).
 
 On completejourney the calibrated defaults are T = 2017-10-01, a 28-day window and >= 20 purchases
-(DESIGN.md: about 1,950 users, 37% of test items are repeats). For other datasets without a calibrated
+(about 1,950 users, 37% of test items are repeats). For other datasets without a calibrated
 cutoff, T defaults to the last ``window_days`` of the data.
 """
 

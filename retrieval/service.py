@@ -21,7 +21,7 @@
    could not fill go to the best fused scores left. The final list is sorted by fused score.
    ``merge="sum"`` (plain top-k of the fused score over the union) is kept for the ablation: summing
    z-scores lets whichever channel has the more peaked scores (the tag channel: a tag vector sits
-   right on its category) take nearly every slot, which is DESIGN.md's "naive tag channel" failure.
+   right on its category) take nearly every slot, which is the "naive tag channel" failure measured before the project began.
 5. **Discovery.** With ``tag_new_items_only`` (default) the tag channel skips items the user already
    interacted with before the cutoff: tags name intents, and RecGPT's arbiter steers them away from
    what the user already buys; re-buys still come through the user channel. The evaluation reports
