@@ -33,7 +33,8 @@ def call_agent(ctx: Context, *, node: str, role: str, template: str, schema: typ
     rec = res.record
     stat = {
         "node": node, "role": role, "subject": subject, "prompt": tmpl.ref, "model": rec.model_id,
-        "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens,
+        "prompt_tokens": rec.prompt_tokens, "cached_tokens": rec.cached_tokens,
+        "completion_tokens": rec.completion_tokens,
         "latency_s": round(rec.latency_s, 4), "attempts": rec.attempts,
     }
     _sink(ctx)(node=node, subject=subject, prompt=tmpl.ref, messages=messages, raw=rec.raw,

@@ -85,6 +85,10 @@ class Context:
     #: with a plain line stated from the user's own history (``agents.explainer.facts_explanation``),
     #: which is judged like any other before it is shown; counted as ``explanation_from_facts``
     explanation_fallback: Literal["drop", "facts"] = "drop"
+    #: who writes the explanations: "llm" (the explainer agent, meta-prompting) or "facts" (the plain
+    #: facts line of ``agents.explainer.facts_explanation`` for every item, judged like any other, no
+    #: model call: for models whose lines never pass the judge, as measured for the embedded 135M one)
+    explanations: Literal["llm", "facts"] = "llm"
     judge_mode: Literal["joint", "per_dimension"] = "joint"
     #: "open": experts write any 2-4-word tag; "catalogue": tags are constrained (grammar enum) to
     #: catalogue product types near the user's categories (agents/expert.py)
@@ -104,7 +108,8 @@ class Context:
     recent_days: int = 21
     #: the environment; ``now`` is also the cutoff for the history the agents see
     env: Environment = field(default_factory=Environment.at)
-    #: if every LLM attempt fails in planning, fall back to collaborative-only retrieval (marked)
+    #: if every LLM attempt fails in planning and the user has no categories to build personas from,
+    #: fall back to collaborative-only retrieval (marked); off: raise
     fallback_collaborative: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -3,7 +3,9 @@ reason) and tags in "modifier + core word" form, each tag tied to an intent and 
 
 Tag modes (``Context.tag_vocabulary``): ``open`` lets the model write any 2–4-word tag (the paper;
 for capable models); ``catalogue`` constrains tags to product-type phrases of the shop's catalogue
-near the user's categories (``graphs.prepare``), an enum the grammar enforces. Small local models
+near the user's categories (``graphs.prepare``), an enum the grammar enforces. The prompt lists
+them before the persona, so the K experts of a user share that part of the prompt in the KV cache
+(the schema hint shows only a sample of a long enum; ``llm.schemas.HINT_ENUM_MAX``). Small local models
 (the embedded 135M default) write junk tags in open mode ("Mike ia", "intent"), so the local
 backend defaults to ``catalogue``: the model still chooses which product types serve which intent.
 """
@@ -20,8 +22,9 @@ from agents.context import Context
 
 
 class Intent(BaseModel):
-    interest: str = Field(min_length=1, max_length=80)
-    reason: str = Field(default="", max_length=160)
+    # bounds kept short: every character the grammar allows is one a looping small model may fill
+    interest: str = Field(min_length=1, max_length=40)
+    reason: str = Field(default="", max_length=60)
 
 
 #: "modifier + core word": 2 to 4 plain words. Grammar-constrained backends cannot emit anything else.
@@ -30,8 +33,8 @@ TAG_PATTERN = r"^[A-Za-z][A-Za-z'-]*( [A-Za-z][A-Za-z'-]*){1,3}$"
 
 class TagProposal(BaseModel):
     tag: str = Field(min_length=3, max_length=48, pattern=TAG_PATTERN, description="modifier + core word, 2 to 4 words")
-    intent: str = Field(default="", max_length=80)
-    reason: str = Field(default="", max_length=160)
+    intent: str = Field(default="", max_length=40)
+    reason: str = Field(default="", max_length=60)
 
 
 @lru_cache(maxsize=64)
@@ -41,10 +44,11 @@ def expert_schema(n_tags: int, vocabulary: tuple[str, ...] | None = None) -> typ
     proposal = TagProposal
     if vocabulary:
         proposal = create_model("TagProposal", __base__=TagProposal,
-                                tag=(Literal[vocabulary], Field(description="one product type from the list")))
+                                # no description: a small model copies it into other fields
+                                tag=(Literal[vocabulary], Field()))
     return create_model(
         "ExpertOutput",
-        intents=(list[Intent], Field(min_length=1, max_length=3)),
+        intents=(list[Intent], Field(min_length=1, max_length=2)),
         tags=(list[proposal], Field(min_length=1, max_length=n_tags)),
     )
 
@@ -53,7 +57,8 @@ def propose(ctx: Context, shared_context: str, persona: dict, feedback: str = ""
             vocabulary: tuple[str, ...] | None = None) -> tuple[BaseModel, dict]:
     return call_agent(
         ctx, node="expert", role="expert", template="expert", schema=expert_schema(ctx.n_tags, vocabulary),
-        subject=persona["name"], shared_context=shared_context, persona_name=persona["name"],
+        subject=persona["name"], shared_context=shared_context, vocabulary=list(vocabulary or ()),
+        persona_name=persona["name"],
         persona_focus=persona["focus"], persona_evidence=persona.get("evidence", ""), n_tags=ctx.n_tags,
         feedback=feedback,
     )

@@ -1,9 +1,12 @@
 """Explainer with meta-prompting (RecGPT-V2).
 
-Stage 1 writes a *style guideline* from the intent, the item and the situation; stage 2 writes the
-one-line explanation following it. Two calls per item instead of one template is what makes the
-explanations vary from item to item. The explanation may only state facts found in the item's own
-attributes or the user's evidence; the judge's factuality rule checks it.
+Stage 1 writes a *style guideline* per persona from its intents, its items and the situation
+(:func:`style_for`); stage 2 writes each item's one-line explanation following its persona's
+guideline (:func:`explain`). One guideline per persona rather than per item keeps the
+meta-prompting (lines differ between personas and situations) at K + items calls instead of
+2 × items; a regenerated explanation reuses its guideline and costs one call. The explanation may
+only state facts found in the item's own attributes or the user's evidence; the judge's factuality
+rule checks it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ class StyleGuideline(BaseModel):
 
 
 class Explanation(BaseModel):
-    text: str = Field(min_length=8, max_length=200)
+    text: str = Field(min_length=8, max_length=160)
 
 
 def item_facts_text(item: dict) -> str:
@@ -40,18 +43,21 @@ def item_facts_text(item: dict) -> str:
     return "; ".join(parts)
 
 
-def explain(ctx: Context, *, item: dict, intent: str, persona: str, evidence: str,
-            feedback: str = "") -> tuple[str, str, list[dict]]:
-    """Return (explanation, guideline text, call stats)."""
-    facts = item_facts_text(item)
-    guide, s1 = call_agent(ctx, node="explain", role="explainer", template="explainer_style", schema=StyleGuideline,
-                           subject=item["item_id"], intent=intent, persona=persona, item_title=item["title"],
-                           item_facts=facts, environment=ctx.env.describe())
-    expl, s2 = call_agent(ctx, node="explain", role="explainer", template="explainer", schema=Explanation,
-                          subject=item["item_id"], guideline=guide.text(), intent=intent, item_title=item["title"],
-                          item_facts=facts, evidence=evidence, feedback=feedback)
-    text = " ".join(expl.text.split())
-    return text, guide.text(), [s1, s2]
+def style_for(ctx: Context, *, persona: str, intents: list[str], titles: list[str]) -> tuple[str, dict]:
+    """Stage 1: one style guideline for all of ``persona``'s items. Returns (guideline text, call stat)."""
+    guide, stat = call_agent(ctx, node="style", role="explainer", template="explainer_style", schema=StyleGuideline,
+                             subject=persona, persona=persona, intents="; ".join(dict.fromkeys(intents)),
+                             items="; ".join(titles), environment=ctx.env.describe())
+    return guide.text(), stat
+
+
+def explain(ctx: Context, *, item: dict, guideline: str, intent: str, evidence: str,
+            feedback: str = "") -> tuple[str, dict]:
+    """Stage 2: one item's line following its persona's guideline. Returns (explanation, call stat)."""
+    expl, stat = call_agent(ctx, node="explain", role="explainer", template="explainer", schema=Explanation,
+                            subject=item["item_id"], guideline=guideline, intent=intent, item_title=item["title"],
+                            item_facts=item_facts_text(item), evidence=evidence, feedback=feedback)
+    return " ".join(expl.text.split()), stat
 
 
 def facts_explanation(title: str, category: str, *, item_count: int, category_count: int, tag: str | None) -> str:

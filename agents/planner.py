@@ -16,10 +16,12 @@ from agents.context import Context
 
 
 class Persona(BaseModel):
-    # no field descriptions: they reach the grammar's path, and a small model copies them as values
-    name: str = Field(min_length=1, max_length=40)
-    focus: str = Field(min_length=1, max_length=160)
-    evidence: str = Field(default="", max_length=200)
+    # no field descriptions: they reach the grammar's path, and a small model copies them as values.
+    # Short bounds: a small model that copies dates from the HISTORY fills every allowed character
+    # (one token per digit), and K personas at the old 400 characters each ran past max_tokens.
+    name: str = Field(min_length=1, max_length=30)
+    focus: str = Field(min_length=1, max_length=80)
+    evidence: str = Field(default="", max_length=80)
 
 
 @lru_cache(maxsize=16)

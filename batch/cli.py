@@ -44,6 +44,8 @@ def batch_cmd(
     resume: str = typer.Option(None, "--resume", help="Finish batch BATCH_ID: only the users still missing."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="With --resume: run failed users again."),
     concurrency: int = typer.Option(1, "--concurrency", "-c", help="Users in flight at once (per Ray task with --engine ray)."),
+    workers: int = typer.Option(1, "--workers", "-w", help="local engine: processes, each with its own model "
+                                "and cores/N llama.cpp threads, claiming users from the same run log."),
     engine: str = typer.Option("local", "--engine", help="local (threads) or ray."),
     ray_address: str = typer.Option(None, "--ray-address", help="Join this Ray cluster (default: start Ray locally)."),
     partitions: int = typer.Option(None, "--partitions", help="Ray: partitions of users (default: Ray's CPUs)."),
@@ -82,7 +84,7 @@ def batch_cmd(
         spec = BatchSpec(dataset=dataset, now=when.date().isoformat() if when else None, overrides=overrides,
                          backend=backend, model=model, base_url=base_url, index_cutoff=index_cutoff,
                          prompts=prompts, factory=factory)
-        if engine == "local" or factory:
+        if (engine == "local" and workers == 1) or factory:
             rec = build_rec(spec, store, progress=not as_json)
             ds = rec.dataset
         else:
@@ -95,9 +97,10 @@ def batch_cmd(
         if not as_json:
             left = ", ".join(f"{v} {k}" for k, v in report.items() if v)
             err_console.print(f"batch [bold]{batch_id}[/]: {len(picked)} users" + (f" (left out: {left})" if left else ""))
-    if engine != "local":
+    if engine != "local" or workers > 1:
         rec = None
-    summary = _run(store, batch_id, engine=engine, concurrency=concurrency, retry_failed=retry_failed, rec=rec,
+    summary = _run(store, batch_id, engine=engine, concurrency=concurrency, workers=workers,
+                   retry_failed=retry_failed, rec=rec,
                    ray_address=ray_address, partitions=partitions, show=not as_json)
     if as_json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))

@@ -15,7 +15,8 @@ batch and written to the run log; serving (``app.py serve`` with ``fresh=false``
 * **Failures are recorded, not fatal.** A user whose run raises is marked ``failed`` with its error
   (``UnknownUserError``, ``EmptyHistoryError``, a dead server, ...); the batch goes on.
   ``retry_failed=True`` puts failed users back to ``pending`` first.
-* Engines: ``local`` (threads in this process, :func:`run_local`) and ``ray``
+* Engines: ``local`` (threads in this process, :func:`run_local`; with ``workers`` > 1, that many
+  processes with a model each, ``batch.workers``) and ``ray``
   (``batch.ray_engine``): the same :func:`process_user` over partitions of users, as Ray tasks.
 """
 
@@ -64,8 +65,9 @@ class BatchError(IntentRecError):
     """A batch cannot start (no users, no run log, bad options)."""
 
 
-def build_rec(spec: BatchSpec, store: RunLog, *, progress: bool = False) -> Any:
-    """The ``IntentRec`` a batch runs on: the spec's factory, else ``IntentRec.from_settings``."""
+def build_rec(spec: BatchSpec, store: RunLog, *, progress: bool = False, n_threads: int | None = None) -> Any:
+    """The ``IntentRec`` a batch runs on: the spec's factory, else ``IntentRec.from_settings``.
+    ``n_threads``: llama.cpp threads for the local backend (``batch --workers`` divides the cores)."""
     from runlog.cli import load_factory
 
     fn = load_factory(spec.factory) if spec.factory else None
@@ -74,7 +76,8 @@ def build_rec(spec: BatchSpec, store: RunLog, *, progress: bool = False) -> Any:
     from graphs.service import IntentRec
     from llm.settings import LLMSettings
 
-    opts = {k: v for k, v in {"backend": spec.backend, "model": spec.model, "base_url": spec.base_url}.items() if v}
+    opts = {k: v for k, v in {"backend": spec.backend, "model": spec.model, "base_url": spec.base_url,
+                              "n_threads": n_threads}.items() if v}
     retrieval = None
     if spec.index_cutoff:
         from core.options import parse_date
@@ -159,7 +162,7 @@ def run_local(rec: Any, batches: BatchStore, batch_id: str, users: list[str], sp
     return outcomes
 
 
-def execute(store: RunLog, batch_id: str, *, engine: str = "local", concurrency: int = 1,
+def execute(store: RunLog, batch_id: str, *, engine: str = "local", concurrency: int = 1, workers: int = 1,
             retry_failed: bool = False, rec: Any = None, ray_address: str | None = None,
             partitions: int | None = None, on_progress: ProgressFn | None = None,
             progress_build: bool = False) -> dict[str, Any]:
@@ -175,8 +178,14 @@ def execute(store: RunLog, batch_id: str, *, engine: str = "local", concurrency:
     if on_progress:
         on_progress(batches.counts(batch_id))
     t0 = time.perf_counter()
+    if workers < 1:
+        raise BatchError(f"--workers must be at least 1, not {workers}")
     if users:
-        if engine == "local":
+        if engine == "local" and workers > 1:
+            from batch.workers import run_workers
+
+            outcomes = run_workers(store, batch_id, workers=workers, concurrency=concurrency, on_progress=on_progress)
+        elif engine == "local":
             rec = rec if rec is not None else build_rec(spec, store, progress=progress_build)
             outcomes = run_local(rec, batches, batch_id, users, spec, concurrency=concurrency,
                                  on_progress=on_progress)
@@ -195,7 +204,7 @@ def execute(store: RunLog, batch_id: str, *, engine: str = "local", concurrency:
     if counts["pending"] == 0 and counts["running"] == 0:
         batches.set_status(batch_id, "finished")
     ran = outcomes["done"] + outcomes["failed"]
-    return {"batch_id": batch_id, "engine": engine, "concurrency": concurrency, "counts": counts,
+    return {"batch_id": batch_id, "engine": engine, "concurrency": concurrency, "workers": workers, "counts": counts,
             "this_run": {**outcomes, "settled_from_previous": settled, "retried": retried},
             "wall_s": round(wall, 2), "users_per_min": round(60 * ran / wall, 2) if wall > 0 and ran else 0.0,
             "failed": [{"user_id": r["user_id"], "error": r["error"]} for r in batches.items(batch_id, status="failed")]}

@@ -43,7 +43,7 @@ def eval_retrieval(
     window: int = typer.Option(28, "--window", min=1, help="Test window in days after T."),
     min_events: int = typer.Option(20, "--min-events", min=1, help="Minimum purchases before T per user."),
     max_users: int = typer.Option(None, "--max-users", min=1, help="Evaluate a seeded sample of users."),
-    epochs: int = typer.Option(3, "--epochs", min=1, help="Tower training epochs."),
+    epochs: int = typer.Option(None, "--epochs", min=1, help="Tower training epochs (default: RetrievalSettings.epochs)."),
     sasrec_epochs: int = typer.Option(10, "--sasrec-epochs", min=1, help="SASRec training epochs."),
     beta: float = typer.Option(0.6, "--beta", min=0.0, max=1.0, help="β of the fused variant."),
     seed: int = typer.Option(42, "--seed", help="Seed for the split sample, the towers and SASRec."),
@@ -69,7 +69,7 @@ def eval_retrieval(
         faiss.omp_set_num_threads(threads)
     protocol = Protocol(cutoff=parse_date(cutoff, "--cutoff"), window_days=window,
                         min_train_events=min_events, seed=seed, max_users=max_users)
-    settings = RetrievalSettings(epochs=epochs, beta=beta, seed=seed, num_threads=threads)
+    settings = RetrievalSettings(**({"epochs": epochs} if epochs else {}), beta=beta, seed=seed, num_threads=threads)
     report = run_retrieval_eval(dataset, protocol=protocol, settings=settings,
                                 sasrec=SASRecConfig(epochs=sasrec_epochs, seed=seed), rebuild=rebuild,
                                 progress=not no_progress)
@@ -146,7 +146,7 @@ def bench_llm(
     reps: int = typer.Option(7, "--reps", min=1, help="Measured repetitions per path and mode."),
     max_tokens: int = typer.Option(96, "--max-tokens", min=1, help="Completion token limit."),
     mode: str = typer.Option("both", "--mode", help="cold (KV cache cleared per call), warm, or both."),
-    threads: int = typer.Option(None, "--threads", min=1, help="llama.cpp threads (default: half the cores)."),
+    threads: int = typer.Option(None, "--threads", min=1, help="llama.cpp threads (default: the physical cores)."),
     model_path: str = typer.Option(None, "--model-path", help="GGUF file (default: embedded SmolLM2-135M)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
@@ -187,7 +187,7 @@ def bench_system(
     prefix_user: str = typer.Option("1", "--prefix-user", help="User whose real prompts the prefix-cache test uses."),
     prefix_reps: int = typer.Option(1, "--prefix-reps", min=1, help="Planner+experts sequences per prefix mode."),
     llm_reps: int = typer.Option(5, "--llm-reps", min=1, help="Repetitions of the structured-vs-raw LLM bench."),
-    threads: int = typer.Option(None, "--threads", min=1, help="llama.cpp threads (default: half the cores)."),
+    threads: int = typer.Option(None, "--threads", min=1, help="llama.cpp threads (default: the physical cores)."),
     profile: bool = typer.Option(True, "--profile/--no-profile", help="Sample the scripted runs with py-spy."),
     out: str = typer.Option(None, "--out", "-o", help="Also write the JSON report here."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),

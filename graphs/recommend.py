@@ -6,9 +6,14 @@
                   │                              ▲                              │
                   │                              └──── B tags, regen left ──────┘
                   └─(planner failed: fallback)──────────────────────────────────────► retrieve
-    retrieve ─► explain ×items (Send) ─► judge_prep ─► judge_explanations ─► explain_gate ─┬─► emit
-                   ▲                                                                      │
-                   └──────────────── B explanations, regen left (Send with feedback) ─────┘
+    retrieve ─► style ─► explain ×items (Send) ─► judge_prep ─► judge_explanations ─► explain_gate ─┬─► emit
+                            ▲                                                                      │
+                            └──────────────── B explanations, regen left (Send with feedback) ─────┘
+
+``style`` writes one guideline per persona (meta-prompting stage 1); each ``explain`` task writes
+one item's line with its persona's guideline, and a regeneration reuses that guideline. With
+``Context.explanations == "facts"``, ``retrieve`` goes to ``facts`` instead, which states every
+line from the user's history without a model call, and the judge grades those.
 
 * ``build_graph(dataset=..., retriever=..., checkpointer=...)`` injects every dependency; models and
   prompts come from the run-time :class:`~agents.context.Context`.
@@ -19,8 +24,11 @@
 * Every node is wrapped by :func:`_node`: it binds ``node`` (and ``run_id``) in structlog's
   contextvars, times the node, and turns an unexpected exception into :class:`NodeError` naming the
   node. Typed user errors (unknown user, empty history) pass through unchanged.
-* Fallback: if the planner's output is invalid on every attempt and ``Context.fallback_collaborative``
-  is on, the run continues with collaborative-only retrieval (β = 1), marked in ``fallback``.
+* Fallback: if the planner's output is invalid on every attempt, the personas come from the user's
+  most-bought categories (``judges.personas.category_personas``, the same replacement as for
+  defective personas; counted as a ``planner`` ``llm_invalid`` drop). Only a user without categories
+  continues with collaborative-only retrieval (β = 1, marked in ``fallback``) when
+  ``Context.fallback_collaborative`` is on.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ from langgraph.types import Command, Send
 from agents.arbiter import apply_rules, arbitrate, normalize, round_robin_fill
 from agents.context import Context
 from agents.expert import propose
-from agents.explainer import explain, facts_explanation
+from agents.explainer import explain, facts_explanation, style_for
 from agents.planner import plan
 from behavior.schema import Dataset
 from core.errors import IntentRecError
@@ -138,10 +146,15 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
                 personas, stat = plan(ctx, shared, feedback=persona_feedback(defects))
                 calls.append(stat)
         except LLMError as e:
-            if not ctx.fallback_collaborative:
+            # no valid answer at all: every persona comes from the user's own categories (counted)
+            drops = [_drop("planner", "personas", "llm_invalid", error=str(e)[:300])]
+            out = category_personas(_top_categories(state["user_id"], ctx), ctx.n_personas, set())
+            if not out and not ctx.fallback_collaborative:
                 raise
-            return {"personas": [], "fallback": f"collaborative_only: planner failed: {e}", "calls": calls,
-                    "drops": [_drop("planner", "personas", "llm_invalid", error=str(e)[:300])]}
+            if not out:
+                return {"personas": [], "fallback": f"collaborative_only: planner failed: {e}", "calls": calls,
+                        "drops": drops}
+            return {"personas": out, "calls": calls, "fallback": None, "drops": drops}
         out = [p.model_dump() for p in personas]
         defects = persona_defects(personas, prompt_texts=texts, allowed=shared)
         drops = [_drop("planner", out[i]["name"], "persona_defect", error=why) for i, why in sorted(defects.items())]
@@ -281,26 +294,69 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
             update["drops"] = drops
         return update
 
-    def route_explain(state: State) -> Any:
+    def route_retrieve(state: State, runtime: Runtime[Context]) -> str:
         if not state.get("candidates"):
             return "emit"
-        return [Send("explain", {"item": c, "evidence": state.get("evidence", ""), "run_id": state.get("run_id", ""),
-                                 "feedback": ""}) for c in state["candidates"]]
+        return "facts" if runtime.context.explanations == "facts" else "style"
+
+    @_node("facts")
+    def facts(state: State, runtime: Runtime[Context]) -> dict:
+        """``Context.explanations == "facts"``: every item's line stated from the user's own history.
+        A line the judge still rejects is dropped (no regeneration: there is no model to ask)."""
+        ctx = runtime.context
+        lines = {c["item_id"]: {"text": _facts_line(state["user_id"], c, ctx), "source": "facts"}
+                 for c in state["candidates"]}
+        return {"explanations": lines, "regen": {f"expl:{i}": ctx.regen_limit + 1 for i in lines}}
+
+    def _persona_of(c: dict) -> str:
+        return c.get("persona") or "regular shopper"
+
+    @_node("style")
+    def style(state: State, runtime: Runtime[Context]) -> dict:
+        """Meta-prompting stage 1: one guideline per persona among the candidates."""
+        ctx = runtime.context
+        groups: dict[str, list[dict]] = defaultdict(list)
+        for c in state["candidates"]:
+            groups[_persona_of(c)].append(c)
+        guides, calls, drops = {}, [], []
+        for persona, cands in groups.items():
+            try:
+                text, stat = style_for(ctx, persona=persona,
+                                       intents=[c.get("intent") or "what this customer usually buys" for c in cands],
+                                       titles=[c["title"] for c in cands])
+            except LLMError as e:  # stage 2 still runs, with no guideline
+                drops.append(_drop("style", persona, "llm_invalid", error=str(e)[:300]))
+                text = ""
+            else:
+                calls.append(stat)
+            guides[persona] = text
+        update: dict[str, Any] = {"guidelines": guides, "calls": calls}
+        if drops:
+            update["drops"] = drops
+        return update
+
+    def _explain_send(state: State, cand: dict, feedback: str) -> Send:
+        return Send("explain", {"item": cand, "evidence": state.get("evidence", ""), "run_id": state.get("run_id", ""),
+                                "guideline": (state.get("guidelines") or {}).get(_persona_of(cand), ""),
+                                "feedback": feedback})
+
+    def route_explain(state: State) -> Any:
+        return [_explain_send(state, c, "") for c in state["candidates"]]
 
     @_node("explain")
     def explain_node(payload: dict, runtime: Runtime[Context]) -> dict:
         c = payload["item"]
         item = _item_facts(dataset, c["item_id"])
         intent = c.get("intent") or "what this customer usually buys"
-        persona = c.get("persona") or "regular shopper"
+        guide = payload.get("guideline", "")
         try:
-            text, guide, stats = explain(runtime.context, item=item.model_dump(), intent=intent, persona=persona,
-                                         evidence=c.get("evidence") or payload["evidence"],
-                                         feedback=payload.get("feedback", ""))
+            text, stat = explain(runtime.context, item=item.model_dump(), guideline=guide, intent=intent,
+                                 evidence=c.get("evidence") or payload["evidence"],
+                                 feedback=payload.get("feedback", ""))
         except LLMError as e:
             return {"drops": [_drop("explain", c["item_id"], "llm_invalid", error=str(e)[:300])],
                     "explanations": {c["item_id"]: {"text": "", "failed": True}}}
-        return {"explanations": {c["item_id"]: {"text": text, "guideline": guide}}, "calls": stats}
+        return {"explanations": {c["item_id"]: {"text": text, "guideline": guide}}, "calls": [stat]}
 
     @_node("judge_prep")
     def judge_prep(state: State, runtime: Runtime[Context]) -> dict:
@@ -339,9 +395,7 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
             cand = next(c for c in state["candidates"] if c["item_id"] == item_id)
             if n < ctx.regen_limit:
                 counters[req.subject_id] = n + 1
-                sends.append(Send("explain", {"item": cand, "evidence": state.get("evidence", ""),
-                                              "run_id": state.get("run_id", ""),
-                                              "feedback": v.feedback if v else "no verdict"}))
+                sends.append(_explain_send(state, cand, v.feedback if v else "no verdict"))
             elif n == ctx.regen_limit and ctx.explanation_fallback == "facts":
                 counters[req.subject_id] = n + 1  # one judged try of the facts line, then drop
                 facts[item_id] = {"text": _facts_line(state["user_id"], cand, ctx), "source": "facts"}
@@ -393,6 +447,8 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
     g.add_node("judge_tags", judge_graph)
     g.add_node("tag_gate", tag_gate)
     g.add_node("retrieve", retrieve)
+    g.add_node("style", style)
+    g.add_node("facts", facts)
     g.add_node("explain", explain_node)
     g.add_node("judge_prep", judge_prep)
     g.add_node("judge_explanations", judge_graph)
@@ -404,7 +460,9 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
     g.add_edge("expert", "arbiter")
     g.add_edge("arbiter", "judge_tags")
     g.add_edge("judge_tags", "tag_gate")
-    g.add_conditional_edges("retrieve", route_explain, ["explain", "emit"])
+    g.add_conditional_edges("retrieve", route_retrieve, ["style", "facts", "emit"])
+    g.add_edge("facts", "judge_prep")
+    g.add_conditional_edges("style", route_explain, ["explain"])
     g.add_edge("explain", "judge_prep")
     g.add_edge("judge_prep", "judge_explanations")
     g.add_edge("judge_explanations", "explain_gate")
@@ -413,9 +471,10 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
 
 
 def recursion_limit(ctx: Context) -> int:
-    """Supersteps the graph can take: 12 on the straight path (a subgraph node is one step), plus 3
-    per tag regeneration and 4 per explanation regeneration, plus slack."""
-    return 12 + 3 * ctx.regen_limit + 4 * ctx.regen_limit + 4
+    """Supersteps the graph can take: 13 on the straight path (a subgraph node is one step), plus 3
+    per tag regeneration, 4 per explanation regeneration and 3 for the judged facts lines of the
+    ``facts`` explanation fallback, plus slack."""
+    return 13 + 3 * ctx.regen_limit + 4 * ctx.regen_limit + 3 + 4
 
 
 def _tag_sid(tag: dict) -> str:

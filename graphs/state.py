@@ -57,6 +57,8 @@ class State(TypedDict, total=False):
     proposals: Annotated[list[dict], add]
     tags: list[dict]
     candidates: list[dict]
+    #: persona -> style guideline (meta-prompting stage 1, written once per persona)
+    guidelines: dict[str, str]
     explanations: Annotated[dict[str, dict], merge_dicts]
     regen: Annotated[dict[str, int], merge_dicts]
     fallback: str | None

@@ -80,10 +80,10 @@ def category_personas(categories: Iterable[tuple[str, list[str]]], n: int, taken
     for cat, titles in categories:
         if len(out) >= n:
             break
-        name = f"{cat.strip().title()} shopper"[:40]
+        name = f"{cat.strip().title()} shopper"[:30]
         if not cat.strip() or name.lower() in taken:
             continue
         taken.add(name.lower())
-        out.append({"name": name, "focus": f"buys {cat.strip().lower()}"[:160],
-                    "evidence": ", ".join(titles[:3])[:200]})
+        out.append({"name": name, "focus": f"buys {cat.strip().lower()}"[:80],
+                    "evidence": ", ".join(titles[:3])[:80]})
     return out

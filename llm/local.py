@@ -20,14 +20,19 @@ Design decisions:
   *silently* falls back to "any JSON" when the converter fails; here a schema the grammar cannot
   express (e.g. a ``pattern`` with look-ahead, ``not``) raises :class:`SchemaNotSupportedError`
   before anything is generated. The grammar is also test-parsed by llama.cpp's C parser (a failure
-  there would otherwise hand a NULL sampler to the sampling chain).
+  there would otherwise hand a NULL sampler to the sampling chain). The grammar is checked on the
+  most likely tokens first (``llm.grammar_filter``; ``grammar_shortlist``), not on the whole
+  vocabulary for every token.
 * **Prefix reuse.** ``Llama.generate`` compares the new prompt tokens with the tokens already in
   the KV cache and only evaluates the differing suffix (``kv_cache_seq_rm`` on the common prefix).
   Because the ``Llama`` object is shared, a long context that is sent as an identical prefix to the
   planner and every expert is evaluated once: measured here with an 844-token shared system prompt,
   the first call took 5.0 s and later calls with a different role suffix 0.6-1.4 s. Only the most
   recent prompt is kept (one sequence), so calls should share the *start* of the prompt; the schema
-  hint is appended at the end for that reason. How many prompt tokens were reused is reported as
+  hint is appended at the end for that reason. So that a call with another prefix in between (an
+  explanation, another user in a batch) does not cost the shared context again, the KV state after
+  a call with a long system prompt is saved and restored before the next call that starts with the
+  same system prompt (:class:`PrefixStates`). How many prompt tokens were reused is reported as
   ``usage_metadata["input_token_details"]["cache_read"]``.
 * **Bounded.** A local call cannot hang on I/O; its length is bounded by ``max_tokens``. A prompt
   larger than ``n_ctx`` raises :class:`ContextLengthError`.
@@ -38,13 +43,14 @@ Design decisions:
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -76,15 +82,64 @@ from llm.schemas import (
 
 
 def default_threads() -> int:
-    """Half the logical cores (llama.cpp's own default; about the physical cores on SMT machines).
+    """The physical cores this process may use (``core.cpus.physical_cores``): llama.cpp's own default.
 
-    llama.cpp's worker threads spin at barriers, so with every core in use a busy neighbour process
-    stalls each token: measured on a 2-core machine shared with other jobs, a 40-token answer took
-    8-17 s with 2 threads and 0.8 s with 1 (idle, 2 threads decode ~100 tok/s against ~65)."""
-    return max(1, (os.cpu_count() or 2) // 2)
+    Prompt processing is arithmetic-bound and scales with threads; decode is memory-bound and gains
+    little (``docs/performance.md`` has the figures). llama.cpp's workers spin at barriers, so on a
+    machine whose cores are busy with other jobs, fewer threads (``--threads`` / ``n_threads``) can
+    be faster; ``batch --workers N`` divides the cores between its processes."""
+    from core.cpus import physical_cores
+
+    return physical_cores()
 
 
 # ----- one Llama per process ----------------------------------------------------------------------
+
+class PrefixStates:
+    """Saved KV states of long system prompts (the shared context), restored before a call that
+    starts with the same system prompt when the cache holds something else.
+
+    ``Llama.generate`` only reuses the prompt tokens already in the KV cache, and it holds one
+    sequence: the latest call. A call with another prefix in between (an explainer call, another
+    user in a batch) would make the next planner, expert or arbiter call evaluate the shared context
+    again. Keyed by the system message's text; at most ``capacity`` states (least recently used
+    first out); only system prompts of at least ``min_chars`` characters are worth a copy. A wrong
+    guess only costs time: ``generate`` still compares tokens, so output never depends on it."""
+
+    def __init__(self, capacity: int = 4, min_chars: int = 1000):
+        self.capacity, self.min_chars = capacity, min_chars
+        self._states: OrderedDict[str, Any] = OrderedDict()
+        self._in_cache: str | None = None  # key of the system prompt the KV cache now starts with
+        self.restores = 0
+
+    @staticmethod
+    def key_of(messages: list[dict[str, str]]) -> str | None:
+        if messages and messages[0]["role"] == "system":
+            return hashlib.sha256(messages[0]["content"].encode()).hexdigest()
+        return None
+
+    def before(self, llama: Any, key: str | None) -> bool:
+        """Restore the state saved for ``key`` unless the cache already starts with it."""
+        if key is None or key == self._in_cache or key not in self._states:
+            return False
+        llama.load_state(self._states[key])
+        self._states.move_to_end(key)
+        self._in_cache = key
+        self.restores += 1
+        return True
+
+    def after(self, llama: Any, key: str | None, system_chars: int) -> None:
+        self._in_cache = key
+        if key is None or key in self._states or system_chars < self.min_chars:
+            return
+        self._states[key] = llama.save_state()
+        while len(self._states) > self.capacity:
+            self._states.popitem(last=False)
+
+    def clear(self) -> None:
+        self._states.clear()
+        self._in_cache = None
+
 
 @dataclass
 class LoadedModel:
@@ -92,6 +147,7 @@ class LoadedModel:
     lock: threading.Lock
     load_s: float
     path: str
+    prefixes: PrefixStates = field(default_factory=PrefixStates)
 
 
 _LOADED: dict[tuple[str, int, int, int], LoadedModel] = {}
@@ -263,6 +319,11 @@ class LocalChatModel(BaseChatModel):
     top_p: float = 0.95
     top_k: int = 40
     schema_hint: bool = True
+    #: restore the saved KV state of a long system prompt before a call that starts with it (PrefixStates)
+    prefix_cache: bool = True
+    #: check the grammar on this many most likely tokens first (``llm.grammar_filter``); 0: on the
+    #: whole vocabulary for every token, as llama-cpp-python does
+    grammar_shortlist: int = Field(default=64, ge=0)
     model_name: str = ""
 
     _last_timings: dict[str, Any] = PrivateAttr(default_factory=dict)
@@ -360,29 +421,46 @@ class LocalChatModel(BaseChatModel):
         with loaded.lock:
             if call.grammar is not None:
                 _check_grammar(llama, call.grammar, name=call.tool_name or "schema", model=self.model_name)
+            key = PrefixStates.key_of(call.messages)
+            restored = self.prefix_cache and loaded.prefixes.before(llama, key)
             before = llama.input_ids[: llama.n_tokens].copy()
             _perf_reset(llama)
             t0 = time.perf_counter()
+            filt = None
+            if call.grammar is not None and self.grammar_shortlist:
+                from llama_cpp import LogitsProcessorList
+
+                from llm.grammar_filter import GrammarFilter
+
+                filt = GrammarFilter(llama, call.grammar, shortlist=self.grammar_shortlist)
+                opts["logits_processor"] = LogitsProcessorList([filt])
             try:
-                resp = llama.create_chat_completion(messages=call.messages, grammar=call.grammar, **opts)
+                resp = llama.create_chat_completion(messages=call.messages, grammar=None if filt else call.grammar,
+                                                    **opts)
             except ValueError as e:
                 if "context window" in str(e) or "exceed" in str(e):
                     raise ContextLengthError(f"prompt does not fit model {self.model_name!r} (n_ctx={self.n_ctx}): {e}",
                                              model=self.model_name, attempts=1) from e
                 raise LLMError(f"llama.cpp failed for model {self.model_name!r}: {e}",
                                model=self.model_name, attempts=1) from e
+            finally:
+                if filt is not None:
+                    filt.close()
             elapsed = time.perf_counter() - t0
             prompt_eval_s = _perf_prompt_eval_s(llama)
             usage = resp.get("usage") or {}
             n_prompt = int(usage.get("prompt_tokens", 0))
             cached = _common_prefix(before, llama.input_ids[:n_prompt])
+            if self.prefix_cache:
+                loaded.prefixes.after(llama, key, len(call.messages[0]["content"]) if key else 0)
         choice = resp["choices"][0]
         text = choice["message"].get("content") or ""
         finish = choice.get("finish_reason")
         n_out = int(usage.get("completion_tokens", 0))
         meta = {"model_name": self.model_name, "finish_reason": finish, "model_provider": "llama.cpp",
                 "timings": {"total_s": elapsed, "prompt_eval_s": prompt_eval_s,
-                            "prompt_eval_tokens": n_prompt - cached}}
+                            "prompt_eval_tokens": n_prompt - cached}, "prefix_restored": bool(restored),
+                "grammar_full_checks": filt.full_checks if filt is not None else None}
         self._last_timings = meta["timings"]
         msg_kwargs: dict[str, Any] = {}
         if call.tool_name is not None:

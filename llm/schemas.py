@@ -95,13 +95,33 @@ def _drop_titles(node: Any, in_properties: bool = False) -> Any:
     return {k: _drop_titles(v, in_properties=(k == "properties")) for k, v in node.items() if k != "title"}
 
 
-def compact_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    return _drop_titles(inline_refs(schema))
+#: an ``enum`` longer than this is shown in the schema hint by its first values and its size: the
+#: grammar (or the server) enforces the whole list, and a prompt that needs the model to see every
+#: value lists it once in a part shared between calls (the expert's product types), not in the
+#: hint at the end of every prompt
+HINT_ENUM_MAX = 16
+
+
+def compact_schema(schema: dict[str, Any], *, max_enum: int | None = None) -> dict[str, Any]:
+    out = _drop_titles(inline_refs(schema))
+    return _sample_enums(out, max_enum) if max_enum is not None else out
+
+
+def _sample_enums(node: Any, max_enum: int) -> Any:
+    if isinstance(node, list):
+        return [_sample_enums(x, max_enum) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _sample_enums(v, max_enum) for k, v in node.items()}
+    enum = node.get("enum")
+    if isinstance(enum, list) and len(enum) > max_enum:
+        out["enum"] = [*enum[:8], f"... {len(enum) - 8} more"]
+    return out
 
 
 def schema_hint_text(schema: dict[str, Any]) -> str:
     return ("Answer with one JSON object matching this JSON schema:\n"
-            + json.dumps(compact_schema(schema), ensure_ascii=False, separators=(",", ":")))
+            + json.dumps(compact_schema(schema, max_enum=HINT_ENUM_MAX), ensure_ascii=False, separators=(",", ":")))
 
 
 def with_schema_hint(messages: Sequence[BaseMessage], hint: str) -> list[BaseMessage]:

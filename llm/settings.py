@@ -17,8 +17,8 @@ Design decisions:
   a ``model`` ending in ``.gguf`` is accepted as the GGUF path, so one ``--model`` flag serves both.
 * ``roles`` holds per-agent overrides (``{"explainer": {"temperature": 0.8}}``); ``for_role``
   applies them. Roles with identical effective settings share one model object.
-* ``n_threads`` defaults to half the logical cores, as llama.cpp does: on a shared machine using
-  every core makes llama.cpp's spinning threads wait on busy neighbours (see ``llm.local``).
+* ``n_threads`` defaults to the physical cores this process may use, as llama.cpp does (see
+  ``llm.local.default_threads``); on a machine shared with other busy jobs, fewer can be faster.
 * ``api_key`` is a ``SecretStr``; without one, ``OPENAI_API_KEY`` is used, then a placeholder
   (local servers ignore it, the openai client insists on one).
 """

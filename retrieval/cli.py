@@ -7,19 +7,20 @@ import typer
 index_app = typer.Typer(no_args_is_help=True)
 
 
-def _settings(cutoff: str | None, epochs: int, max_users: int | None, dim: int, seed: int, threads: int | None,
+def _settings(cutoff: str | None, epochs: int | None, max_users: int | None, dim: int, seed: int, threads: int | None,
               llm_tags: str | None, catalogue: str = "full"):
     from core.options import parse_date
     from retrieval.settings import RetrievalSettings
 
-    return RetrievalSettings(cutoff=parse_date(cutoff, "--cutoff"), epochs=epochs,
+    given = {"epochs": epochs} if epochs else {}
+    return RetrievalSettings(cutoff=parse_date(cutoff, "--cutoff"), **given,
                              max_users=max_users, dim=dim, seed=seed, num_threads=threads, llm_tags_path=llm_tags,
                              catalogue=catalogue)
 
 
 _DATASET = typer.Option("completejourney", "--dataset", "-d", help="Dataset spec.")
 _CUTOFF = typer.Option(None, "--cutoff", help="Train only on behaviours before YYYY-MM-DD.")
-_EPOCHS = typer.Option(3, "--epochs", min=1)
+_EPOCHS = typer.Option(None, "--epochs", min=1, help="Tower training epochs (default: RetrievalSettings.epochs).")
 _MAX_USERS = typer.Option(None, "--max-users", min=1, help="Train on a seeded sample of users.")
 _DIM = typer.Option(256, "--dim", min=8)
 _SEED = typer.Option(42, "--seed")
@@ -28,7 +29,7 @@ _LLM_TAGS = typer.Option(None, "--llm-tags", help="JSONL of {tag, item_id} pairs
 
 
 @index_app.command("build")
-def build(dataset: str = _DATASET, cutoff: str = _CUTOFF, epochs: int = _EPOCHS, max_users: int = _MAX_USERS,
+def build(dataset: str = _DATASET, cutoff: str = _CUTOFF, epochs: int | None = _EPOCHS, max_users: int = _MAX_USERS,
           dim: int = _DIM, seed: int = _SEED, threads: int = _THREADS, llm_tags: str = _LLM_TAGS,
           rebuild: bool = typer.Option(False, "--rebuild", help="Retrain even if a cached build exists.")) -> None:
     """Train the user/item/tag towers and build the FAISS item index (cached under the data dir)."""
@@ -53,7 +54,7 @@ def build(dataset: str = _DATASET, cutoff: str = _CUTOFF, epochs: int = _EPOCHS,
 def search(user: str = typer.Option(..., "--user", "-u"),
            tag: list[str] = typer.Option(..., "--tag", "-t", help="Repeat for several tags."),
            k: int = typer.Option(10, "--k", "-k"), beta: float = typer.Option(None, "--beta"),
-           dataset: str = _DATASET, cutoff: str = _CUTOFF, epochs: int = _EPOCHS, max_users: int = _MAX_USERS,
+           dataset: str = _DATASET, cutoff: str = _CUTOFF, epochs: int | None = _EPOCHS, max_users: int = _MAX_USERS,
            dim: int = _DIM, seed: int = _SEED, threads: int = _THREADS, llm_tags: str = _LLM_TAGS,
            build: bool = typer.Option(False, "--build", help="Train and build the index now if none is cached "
                                                              "for these settings (minutes).")) -> None:

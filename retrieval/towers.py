@@ -113,20 +113,35 @@ def sparse_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Par
     return sparse, dense
 
 
-def inbatch_softmax_loss(queries: torch.Tensor, keys: torch.Tensor, positives: torch.Tensor, *,
-                         temperature: float, log_q: torch.Tensor | None = None,
-                         exclude: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
+def inbatch_logits(queries: torch.Tensor, keys: torch.Tensor, *, temperature: float,
+                   log_q: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, B)`` in-batch scores ``q·k / τ``, with ``log_q`` (B,) subtracted from every column
+    (logQ correction)."""
+    logits = queries @ keys.T / temperature
+    return logits - log_q.unsqueeze(0) if log_q is not None else logits
+
+
+def softmax_loss_from_logits(logits: torch.Tensor, positives: torch.Tensor, *, exclude: torch.Tensor | None = None,
+                             weight: torch.Tensor | None = None, log_norm: torch.Tensor | None = None) -> torch.Tensor:
     """Multi-positive in-batch softmax: ``-log(Σ_pos exp(s) / Σ_all exp(s))`` averaged over queries.
 
     ``positives`` and ``exclude`` are bool ``(B, B)`` masks; excluded columns are neither positives nor
-    negatives. ``log_q`` (B,) is subtracted from every column (logQ correction)."""
-    logits = queries @ keys.T / temperature
-    if log_q is not None:
-        logits = logits - log_q.unsqueeze(0)
+    negatives. ``log_norm``: ``logsumexp(logits, 1)`` when the caller already has it (two losses over
+    the same logits and no ``exclude`` share it)."""
     if exclude is not None:
         logits = logits.masked_fill(exclude & ~positives, float("-inf"))
-    pos_logits = logits.masked_fill(~positives, float("-inf"))
-    loss = torch.logsumexp(logits, dim=1) - torch.logsumexp(pos_logits, dim=1)
+        log_norm = None
+    if log_norm is None:
+        log_norm = torch.logsumexp(logits, dim=1)
+    loss = log_norm - torch.logsumexp(logits.masked_fill(~positives, float("-inf")), dim=1)
     if weight is not None:
         return (loss * weight).sum() / weight.sum().clamp(min=1e-8)
     return loss.mean()
+
+
+def inbatch_softmax_loss(queries: torch.Tensor, keys: torch.Tensor, positives: torch.Tensor, *,
+                         temperature: float, log_q: torch.Tensor | None = None,
+                         exclude: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`softmax_loss_from_logits` over :func:`inbatch_logits`."""
+    return softmax_loss_from_logits(inbatch_logits(queries, keys, temperature=temperature, log_q=log_q), positives,
+                                    exclude=exclude, weight=weight)

@@ -26,10 +26,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from core.cpus import physical_cores
 from retrieval.catalogue import Catalogue
 from retrieval.data import Interactions
 from retrieval.settings import RetrievalSettings
-from retrieval.towers import ThreeTower, inbatch_softmax_loss, sparse_parameters
+from retrieval.towers import (
+    ThreeTower,
+    inbatch_logits,
+    inbatch_softmax_loss,
+    softmax_loss_from_logits,
+    sparse_parameters,
+)
 
 
 def seed_everything(seed: int) -> None:
@@ -102,8 +109,7 @@ def train_towers(catalogue: Catalogue, inter: Interactions, text_table: np.ndarr
     if len(inter) < 2:
         raise ValueError("need at least two behaviour rows to train the towers")
     seed_everything(settings.seed)
-    if settings.num_threads:
-        torch.set_num_threads(settings.num_threads)
+    torch.set_num_threads(settings.num_threads or physical_cores())
     rng = np.random.default_rng(settings.seed)
     model = make_model(catalogue, inter, text_table, settings)
     sparse, dense = sparse_parameters(model)
@@ -143,13 +149,15 @@ def train_towers(catalogue: Catalogue, inter: Interactions, text_table: np.ndarr
             if bool(has_tag.any()):
                 t = model.tag(tag_emb[tag_ids.clamp(min=0)])[has_tag]
                 pos_tag = same_item[has_tag]  # the exact item the tag was drawn for (and its duplicates)
-                l_tag = inbatch_softmax_loss(t, v, pos_tag, temperature=settings.temperature, log_q=tag_log_q,
-                                             weight=weight[has_tag])
                 cats = cat_codes[items]
                 pos_cat = ((cats[has_tag].unsqueeze(1) == cats.unsqueeze(0)) & (cats[has_tag] > 0).unsqueeze(1)) \
                     | same_item[has_tag]
-                l_cate = inbatch_softmax_loss(t, v, pos_cat, temperature=settings.temperature, log_q=tag_log_q,
-                                              weight=weight[has_tag])
+                # L_tag and L_cate score the same tag-item pairs: one logits matrix and normaliser for both
+                logits_t = inbatch_logits(t, v, temperature=settings.temperature, log_q=tag_log_q)
+                norm_t = torch.logsumexp(logits_t, dim=1)
+                w_t = weight[has_tag]
+                l_tag = softmax_loss_from_logits(logits_t, pos_tag, weight=w_t, log_norm=norm_t)
+                l_cate = softmax_loss_from_logits(logits_t, pos_cat, weight=w_t, log_norm=norm_t)
             else:
                 l_tag = l_cate = torch.zeros(())
             loss = l_col + settings.alpha * l_tag + (1 - settings.alpha) * l_cate

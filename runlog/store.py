@@ -4,10 +4,11 @@ every human label, so runs can be traced, forked and re-judged later.
 Design decisions
 ----------------
 
-* **Schema version.** ``SCHEMA_VERSION`` (now 2) is stored in ``PRAGMA user_version`` and in the
+* **Schema version.** ``SCHEMA_VERSION`` (now 3) is stored in ``PRAGMA user_version`` and in the
   ``meta`` table. Opening a file written by a newer schema is an error (never a silent downgrade);
   an older one is migrated in place by the functions in ``_MIGRATIONS``, inside one transaction
-  (2: the ``batches`` / ``batch_items`` tables of ``runlog.batches``).
+  (2: the ``batches`` / ``batch_items`` tables of ``runlog.batches``; 3: ``calls.cached_tokens``, the
+  prompt tokens served from the backend's prefix cache, beside ``prompt_tokens``).
 * **WAL and durability.** The file runs in WAL mode (readers never block the writer, and a crash can
   only lose a transaction that had not committed) with ``synchronous=FULL`` (a committed write
   survives a power cut, not only a process crash; ``durability="normal"`` trades that for speed).
@@ -57,7 +58,7 @@ from langchain_core.messages import BaseMessage
 
 from core.errors import IntentRecError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_FILE = "runs.sqlite"
 CHECKPOINTS_SUFFIX = ".checkpoints.sqlite"
 FINAL_OK = ("ok", "empty", "ok:fallback", "empty:fallback")
@@ -220,8 +221,12 @@ def _migrate_v2(c: sqlite3.Connection) -> None:
         c.execute(stmt)
 
 
+def _migrate_v3(c: sqlite3.Connection) -> None:
+    c.execute("ALTER TABLE calls ADD COLUMN cached_tokens INTEGER")
+
+
 #: version -> function migrating a connection from version-1 to version (run inside a transaction)
-_MIGRATIONS: dict[int, Any] = {2: _migrate_v2}
+_MIGRATIONS: dict[int, Any] = {2: _migrate_v2, 3: _migrate_v3}
 
 
 class RunLogError(IntentRecError):
@@ -540,11 +545,12 @@ class RunLog:
             cur = c.execute(
                 "INSERT INTO calls(run_id, task_id, task_path, node, subject, model, prompt_name, prompt_version,"
                 " prompt_sha256, prompt_path, messages_json, raw, parsed_json, record_json, attempts, prompt_tokens,"
-                " completion_tokens, latency_s, error, ts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " cached_tokens, completion_tokens, latency_s, error, ts)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, task_id or None, task_path, node, subject, record.get("model") or record.get("model_id"),
                  prompt.get("name"), prompt.get("version"), prompt.get("sha256"), prompt.get("path"),
                  dumps(messages), raw, dumps(parsed), dumps(record), record.get("attempts"),
-                 record.get("prompt_tokens"), record.get("completion_tokens"),
+                 record.get("prompt_tokens"), record.get("cached_tokens"), record.get("completion_tokens"),
                  None if latency_s is None else round(float(latency_s), 4), error, now_iso()))
             return int(cur.lastrowid)
 

@@ -85,9 +85,11 @@ def test_schema_v1_file_is_migrated_with_its_runs(tmp_path):
     conn.commit()
     conn.close()
     store = RunLog(path)
-    assert store.schema_version == 2
+    assert store.schema_version == 3
     assert store.get_run("r1")["status"] == "ok"
     assert BatchStore(store).create(["a"], spec={})  # the new tables exist
+    cols = {r[1] for r in store._query("PRAGMA table_info(calls)")}
+    assert "cached_tokens" in cols  # v3
 
 
 def test_select_users(tmp_path):
@@ -273,3 +275,56 @@ def test_ray_matches_in_process(tmp_path):
     # the runs were written by other processes (the Ray workers), not this one
     owners = {r["owner"].split(":")[1] for r in remote.runs()}
     assert str(os.getpid()) not in owners and len(owners) >= 1
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(x) for x in text.split()]
+
+
+@pytest.mark.slow
+def test_workers_are_exactly_once_across_a_sigkill_of_one_worker(tmp_path):
+    """``batch --workers 2``: two processes claim users from one run log. One worker is SIGKILLed
+    midway; the parent settles its user, starts a replacement, and the batch ends with exactly one
+    completed run per user, the killed run kept as incomplete."""
+    path = tmp_path / "runs.sqlite"
+    env = {**os.environ, "INTENTREC_TEST_LATENCY_S": "0.03", "INTENTREC_LOG_LEVEL": "ERROR"}
+    cmd = [sys.executable, "app.py", "batch", "--users", "20", "--now", NOW, "--factory", FACTORY,
+           "--runlog", str(path), "--workers", "2", "--json"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        victim = None
+        while time.monotonic() < deadline and victim is None:
+            assert proc.poll() is None, proc.stderr.read()
+            ids = _batch_ids(path)
+            kids = _children(proc.pid)
+            if ids and len(kids) == 2 and _count_done(path, ids[0]) >= 4:
+                victim = kids[0]
+            else:
+                time.sleep(0.05)
+        assert victim is not None, "the workers never got going"
+        os.kill(victim, 9)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["workers"] == 2
+    assert summary["counts"] == {"pending": 0, "running": 0, "done": 20, "failed": 0, "total": 20}
+    assert summary["this_run"]["restarted"] == 1
+    store = RunLog(path)
+    bid = _batch_ids(path)[0]
+    items = BatchStore(store).items(bid)
+    per_user = ok_runs_per_user(store)
+    assert set(per_user) == {i["user_id"] for i in items} and all(n == 1 for n in per_user.values())
+    owners = {i["owner"] for i in items}
+    assert len(owners) >= 2  # more than one process did the work
+    statuses = Counter(r["status"] for r in store.runs())
+    assert statuses["ok"] == 20 and statuses["incomplete"] >= 1
+    assert store.integrity_check() == "ok"

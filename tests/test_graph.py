@@ -47,7 +47,7 @@ def make_rec(cj, items, model, **ctx):
 def test_topology_snapshot(cj, items):
     g = build_graph(dataset=cj, retriever=FakeRetriever(items))
     mermaid = g.get_graph().draw_mermaid()
-    for node in ("prepare", "planner", "expert", "arbiter", "judge_tags", "tag_gate", "retrieve", "explain",
+    for node in ("prepare", "planner", "expert", "arbiter", "judge_tags", "tag_gate", "retrieve", "style", "facts", "explain",
                  "judge_prep", "judge_explanations", "explain_gate", "emit"):
         assert node in mermaid
     # the snapshot is committed; a missing one is a failure, not a new baseline
@@ -68,7 +68,13 @@ def test_happy_path_end_to_end(cj, items, user_id):
     assert len(out["tags"]) == 4
     assert out["node_totals"]["planner"]["calls"] == 1
     assert out["node_totals"]["expert"]["calls"] == 3
-    assert out["node_totals"]["explain"]["calls"] == 10  # 2 per item (meta-prompting)
+    assert out["node_totals"]["explain"]["calls"] == 5  # one line per item
+    # meta-prompting stage 1: one guideline per persona among the candidates, not one per item
+    n_personas = len({r["persona"] for r in out["recommendations"]})
+    assert out["node_totals"]["style"]["calls"] == n_personas >= 1
+    guides = {r["persona"]: r["guideline"] for r in out["recommendations"]}
+    assert all(r["guideline"] == guides[r["persona"]] and "tone: warm" in r["guideline"]
+               for r in out["recommendations"])
 
 
 def test_fan_out_exactly_k_experts(cj, items, user_id):
@@ -167,14 +173,18 @@ def test_node_failure_names_the_node(cj, items, user_id):
     assert ei.value.node == "retrieve" and "index exploded" in str(ei.value)
 
 
-def test_garbage_llm_falls_back_to_collaborative(cj, items, user_id):
+def test_garbage_llm_falls_back_to_category_personas_then_collaborative(cj, items, user_id):
     from llm.scripted import ScriptedChatModel
 
     garbage = ScriptedChatModel(default="this is not json {{{")
     retr = FakeRetriever(items)
     rec = IntentRec(dataset=cj, retriever=retr, models={"default": garbage}, n_personas=2, n_items=3)
     out = rec.recommend(user_id, now=NOW)
-    assert out["fallback"].startswith("collaborative_only: planner failed")
+    # the planner's garbage is replaced by personas from the user's own categories (counted), whose
+    # experts answer garbage too: no tag, so collaborative-only retrieval
+    assert [p["name"].endswith(" shopper") for p in out["personas"]] == [True, True]
+    assert sum(d["stage"] == "expert" and d["reason"] == "llm_invalid" for d in out["drops"]) == 2
+    assert out["fallback"] == "collaborative_only: no tag passed the judge"
     assert retr.calls[-1]["beta"] == 1.0 and retr.calls[-1]["tags"] == []
     # the explainer and the judge get garbage too: nothing unjudged is shown, and every loss is counted
     assert out["recommendations"] == []
@@ -288,9 +298,15 @@ def test_retrieve_and_explain_nodes_in_isolation(iso, user_id, items):
     out = run_node(g, "retrieve", {"user_id": user_id, "tags": tags}, ctx)
     assert [c["item_id"] for c in out["candidates"]] == [it["item_id"] for it in items[:3]]
     assert out["candidates"][0]["tag"] == "organic baby food" and out["fallback"] is None
-    ex = run_node(g, "explain", {"item": out["candidates"][0], "evidence": "e", "feedback": ""}, ctx)
+    st = run_node(g, "style", {"candidates": out["candidates"]}, ctx)
+    assert list(st["guidelines"]) == ["a"] and "tone: warm" in st["guidelines"]["a"] and len(st["calls"]) == 1
+    ex = run_node(g, "explain", {"item": out["candidates"][0], "evidence": "e", "feedback": "",
+                                 "guideline": st["guidelines"]["a"]}, ctx)
     e = ex["explanations"][items[0]["item_id"]]
-    assert e["text"].startswith("A handy pick") and "tone: warm" in e["guideline"]
+    assert e["text"].startswith("A handy pick") and e["guideline"] == st["guidelines"]["a"]
+    # the persona's guideline is what the explainer's prompt was given
+    last = ctx.models["default"].calls[-1]
+    assert last.schema == "Explanation" and st["guidelines"]["a"] in last.messages[-1].content
 
 
 def test_tag_regeneration_keeps_passed_tags(cj, items, user_id):
@@ -422,3 +438,24 @@ def test_facts_explanation_states_only_history_facts():
         "Fuji Apples: from apples, a kind of product you buy often."
     assert facts_explanation("Oat Milk", "MILK", item_count=0, category_count=0, tag="dairy free milk") == \
         "Oat Milk: it matches dairy free milk, an interest read from your history."
+
+
+def test_facts_explanations_make_no_explainer_call(cj, items, user_id):
+    """``explanations="facts"`` (the embedded model's profile): every line is the facts line, judged
+    like any other; no style or explanation call is made."""
+    model = make_model(k=2)
+    rec = make_rec(cj, items, model, n_personas=2, n_tags=3, n_items=4, explanations="facts")
+    out = rec.recommend(user_id, now=NOW)
+    assert out["status"] == "ok" and len(out["recommendations"]) == 4
+    assert {c.schema for c in model.calls} & {"StyleGuideline", "Explanation"} == set()
+    assert "explain" not in out["node_totals"] and "style" not in out["node_totals"]
+    assert out["node_totals"]["facts"]["calls"] == 0
+    from datetime import datetime
+
+    hist = cj.history_with_items(user_id, before=datetime.fromisoformat(NOW))
+    for r in out["recommendations"]:
+        assert r["explanation_source"] == "facts" and r["grade"] in ("S", "A")
+        assert r["explanation"].startswith(" ".join(r["title"].split()))
+        bought = int((hist["item_id"] == r["item_id"]).sum())
+        says_bought = "you have bought it before" in r["explanation"] or "a regular in your basket" in r["explanation"]
+        assert says_bought == (bought > 0), (r["explanation"], bought)

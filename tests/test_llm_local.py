@@ -188,3 +188,50 @@ def test_string_grammar_forbids_raw_control_characters(model):
     res = structured_call(model, Poem, msgs, max_attempts=1)
     json.loads(res.record.raw, strict=True)
     assert not any(ord(ch) < 0x20 for ch in res.value.text if ch not in "\n\t\r")
+
+
+class Pick(BaseModel):
+    kind: Literal["whole wheat bread", "frozen fruit bars", "hot cocoa mix", "organic baby food", "spicy salsa dip",
+                  "oat milk", "honey", "bananas"]
+    why: str = Field(max_length=40)
+
+
+PICK = [SystemMessage("You pick grocery product types."), HumanMessage("Bought: diapers, baby wipes. Pick one.")]
+
+
+def test_grammar_shortlist_gives_the_full_grammar_output(model):
+    """Checking the grammar on the likely tokens first (llm.grammar_filter) changes nothing the
+    sampler would pick: same text as llama-cpp-python's full-vocabulary grammar, same seed."""
+    full = LocalChatModel(n_ctx=N_CTX, max_tokens=48, temperature=0.0, grammar_shortlist=0)
+    fast = LocalChatModel(n_ctx=N_CTX, max_tokens=48, temperature=0.0)
+    assert fast.grammar_shortlist == 64 and fast.llama is full.llama
+    a = structured_call(full, Pick, PICK)
+    b = structured_call(fast, Pick, PICK)
+    assert a.record.raw == b.record.raw and isinstance(b.value, Pick)
+    assert full.invoke(PICK, json_schema=Pick.model_json_schema()).response_metadata["grammar_full_checks"] is None
+    meta = fast.invoke(PICK, json_schema=Pick.model_json_schema()).response_metadata
+    assert isinstance(meta["grammar_full_checks"], int)
+
+
+def test_restored_prefix_gives_the_cold_output(model):
+    """A long system prompt's KV state is saved after its first call and restored after a call with
+    another prefix; the output is the one a cold call (empty cache) gives with the same seed."""
+    shared = SystemMessage("Shared context: " + " | ".join(f"2017-{m:02d}(buy: oat milk, honey, bananas x2)"
+                                                           for m in range(1, 13)) * 2)
+    assert len(shared.content) >= 1000
+    ask = [shared, HumanMessage("You are expert number two. One word.")]
+    loaded = model.loaded()
+    loaded.prefixes.clear()
+    model.llama.reset()
+    cold = model.invoke(ask, max_tokens=8)
+    assert cold.usage_metadata["input_token_details"]["cache_read"] == 0
+    model.invoke([shared, HumanMessage("You are the planner. One word.")], max_tokens=2)  # saves the state
+    model.invoke(SHORT, max_tokens=2)  # another prefix takes the cache
+    restores = loaded.prefixes.restores
+    warm = model.invoke(ask, max_tokens=8)
+    assert loaded.prefixes.restores == restores + 1 and warm.response_metadata["prefix_restored"] is True
+    assert warm.usage_metadata["input_token_details"]["cache_read"] >= model.count_tokens(shared.content)
+    assert warm.content == cold.content
+    off = LocalChatModel(n_ctx=N_CTX, max_tokens=48, temperature=0.0, prefix_cache=False)
+    off.invoke(SHORT, max_tokens=2)
+    assert off.invoke(ask, max_tokens=8).response_metadata["prefix_restored"] is False

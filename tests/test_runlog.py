@@ -35,9 +35,9 @@ def logged(tmp_path_factory):
 def test_schema_is_versioned_and_wal(tmp_path):
     store = RunLog(tmp_path / "r.sqlite")
     assert store.journal_mode == "wal"
-    assert store.schema_version == SCHEMA_VERSION == 2
+    assert store.schema_version == SCHEMA_VERSION == 3
     meta = dict(store._query("SELECT key, value FROM meta"))
-    assert meta["schema_version"] == "2"
+    assert meta["schema_version"] == "3"
     assert store._query("PRAGMA synchronous")[0][0] == 2  # FULL
     store.close()
     # a file from a newer IntentRec is refused, not silently downgraded
@@ -73,18 +73,20 @@ def test_run_row_context_and_output(logged):
 def test_every_model_call_is_logged_with_prompt_raw_parsed(logged):
     store, rec, model, out = logged
     calls = store.calls(out["run_id"])
-    assert len(calls) == len(model.calls) == 15  # 1 planner, 2 experts, 1 arbiter, 6 explain, 2+3 judge
+    assert len(calls) == len(model.calls) == 13  # 1 planner, 2 experts, 1 arbiter, 1 style, 3 explain, 2+3 judge
     by_node = {}
     for c in calls:
         by_node.setdefault(c["node"], []).append(c)
-    assert {k: len(v) for k, v in by_node.items()} == {"planner": 1, "expert": 2, "arbiter": 1, "explain": 6,
-                                                       "joint_evaluator": 5}
+    assert {k: len(v) for k, v in by_node.items()} == {"planner": 1, "expert": 2, "arbiter": 1, "style": 1,
+                                                       "explain": 3, "joint_evaluator": 5}
     for c in calls:
         assert c["messages"][0]["role"] == "system" and c["messages"][-1]["role"] == "human"
         assert json.loads(c["raw"]) == c["parsed"]
         assert c["attempts"] == 1 and c["prompt_tokens"] > 0 and c["completion_tokens"] > 0
         assert c["prompt_sha256"] and c["prompt_path"].endswith(f"{c['prompt_name']}.prompt")
         assert c["task_id"] and c["error"] is None
+        # prompt tokens served from the backend's prefix cache, in their own column (0: scripted model)
+        assert c["cached_tokens"] == c["record"]["cached_tokens"] == 0
     # the rendered prompt is exactly what the model received
     judge_texts = {"\n".join(str(m.content) for m in call.messages) for call in model.calls}
     for c in by_node["joint_evaluator"]:
@@ -96,7 +98,7 @@ def test_tasks_tree_and_checkpoint_refs(logged):
     tasks = store.tasks(out["run_id"])
     top = [t["node"] for t in tasks if t["parent_task_id"] is None]
     assert top == ["prepare", "planner", "expert", "expert", "arbiter", "judge_tags", "tag_gate", "retrieve",
-                   "explain", "explain", "explain", "judge_prep", "judge_explanations", "explain_gate", "emit"]
+                   "style", "explain", "explain", "explain", "judge_prep", "judge_explanations", "explain_gate", "emit"]
     judge_tags = next(t for t in tasks if t["node"] == "judge_tags")
     inner = [t["node"] for t in tasks if t["parent_task_id"] == judge_tags["task_id"]]
     assert inner == ["rule_evaluators", "joint_evaluator", "joint_evaluator", "senior_reviewer"]
@@ -154,15 +156,17 @@ def test_failed_node_marks_run_error(tmp_path):
 
 
 def test_invalid_model_output_is_logged_with_every_attempt(tmp_path):
-    """The planner answers garbage three times: the run falls back to collaborative-only retrieval
-    (status ok:fallback), and the failed call is in the log with each raw attempt and the error."""
+    """The planner answers garbage three times: the personas come from the user's categories (a
+    counted ``llm_invalid`` drop), and the failed call is in the log with each raw attempt and the error."""
     from llm.scripted import by_schema
 
     store = RunLog(tmp_path / "r.sqlite")
     model = make_model(k=2, extra_rules=[by_schema("PlannerOutput", "not json at all")])
     out = make_app(store, model).recommend(user_id(), now=NOW)
     run = store.get_run(out["run_id"])
-    assert run["status"] == out["status"] == "ok:fallback"
+    assert run["status"] == out["status"] == "ok" and out["fallback"] is None
+    assert all(p["name"].endswith(" shopper") for p in out["personas"]) and len(out["personas"]) == 2
+    assert any(d["stage"] == "planner" and d["reason"] == "llm_invalid" for d in out["drops"])
     (call,) = store.calls(out["run_id"], node="planner")
     assert call["error"].startswith("model 'scripted' gave no valid PlannerOutput after 3 attempt(s)")
     assert call["attempts"] == 3 and call["parsed"] is None
@@ -329,7 +333,7 @@ def test_otel_callback_spans_follow_the_graph(tmp_path):
     assert root.parent is None and names.count("expert") == 2
     assert all(s.ended for s in tracer.spans)
     llm = [s for s in tracer.spans if s.name.startswith("llm ")]
-    assert len(llm) == 15 and all(s.attrs["gen_ai.usage.input_tokens"] > 0 for s in llm)
+    assert len(llm) == 13 and all(s.attrs["gen_ai.usage.input_tokens"] > 0 for s in llm)
     planner = next(s for s in tracer.spans if s.name == "planner")
     assert planner.attrs["langgraph.node"] == "planner" and planner.attrs["intentrec.run_id"] == out["run_id"]
     p = llm[0]

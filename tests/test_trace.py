@@ -76,7 +76,7 @@ def test_runs_list_filters(logged, monkeypatch, capsys):
     ids = {logged[k]["run_id"] for k in ("default", "swapped", "graded_b")}
     assert code == 0 and {r["run_id"] for r in rows} >= ids
     row = next(r for r in rows if r["run_id"] == logged["default"]["run_id"])
-    assert row["status"] == "ok" and row["calls"] == 15 and row["recommendations"] == 3 and row["tokens"] > 0
+    assert row["status"] == "ok" and row["calls"] == 13 and row["recommendations"] == 3 and row["tokens"] > 0
     code, out, _ = run_cli(["runs", "list", "--json", "--user", "no-such-user", "--runlog", path], monkeypatch, capsys)
     assert json.loads(out) == []
     code, out, _ = run_cli(["runs", "list", "--json", "--status", "error", "--runlog", path], monkeypatch, capsys)
@@ -108,7 +108,7 @@ def test_trace_json_is_the_whole_trace(logged, monkeypatch, capsys):
     rid = logged["default"]["run_id"]
     code, out, _ = run_cli(["trace", rid[:12], "--json", "--runlog", str(logged["path"])], monkeypatch, capsys)
     trace = json.loads(out)
-    assert trace["run"]["run_id"] == rid and trace["stats"]["calls"] == 15
+    assert trace["run"]["run_id"] == rid and trace["stats"]["calls"] == 13
     assert [n["node"] for n in trace["tree"]][:3] == ["prepare", "planner", "expert"]
     judge = next(n for n in trace["tree"] if n["node"] == "judge_explanations")
     assert [c["node"] for c in judge["children"]] == ["rule_evaluators"] + ["joint_evaluator"] * 3 + ["senior_reviewer"]
@@ -123,7 +123,8 @@ def test_node_calls_for_a_subgraph_node_and_errors(logged):
     inside = node_calls(trace, "judge_tags")
     assert [c["node"] for c in inside] == ["joint_evaluator"] * 2
     assert {c["subject"] for c in inside} == {f"tag:{t['tag']}" for t in logged["default"]["tags"]}
-    assert len(node_calls(trace, "explain", subject=logged["default"]["recommendations"][0]["item_id"])) == 2
+    assert len(node_calls(trace, "explain", subject=logged["default"]["recommendations"][0]["item_id"])) == 1
+    assert len(node_calls(trace, "style")) == 1
     with pytest.raises(RunLogError, match="no node 'explainer'"):
         node_calls(trace, "explainer")
 
