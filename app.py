@@ -31,13 +31,13 @@ def main(
 def _register() -> None:
     from batch.cli import batch_cmd, batches_cmd
     from behavior.cli import data_app
+    from commands.judge import judge_app
     from commands.recommend import demo_cmd, recommend_cmd
+    from commands.runs import runs_app, trace_cmd
     from evals.cli import bench_app, eval_app
     from llm.cli import llm_app
     from prompts.cli import prompts_app
     from retrieval.cli import index_app
-    from runlog.cli import runs_app, trace_cmd
-    from runlog.judge_cli import judge_app
     from serve.cli import serve_cmd
 
     app.add_typer(data_app, name="data", help="Inspect datasets and compressed histories.")
@@ -63,7 +63,7 @@ def __getattr__(name: str):
     """``app.graph``: the compiled graph for LangGraph Studio (``langgraph.json``), built lazily on
     first access with the default settings, so importing the CLI stays fast."""
     if name == "graph":
-        from graphs.service import IntentRec
+        from intentrec.service import IntentRec
 
         return IntentRec.from_settings(progress=False, runlog=False).graph
     raise AttributeError(name)

@@ -1,5 +1,6 @@
 """Persona expert (RecGPT-V2): one per persona, fanned out with ``Send``. Writes intents (interest +
-reason) and tags in "modifier + core word" form, each tag tied to an intent and a reason.
+reason) and tags in "modifier + core word" form, each tag tied to one of those intents (whose reason
+it carries).
 
 Tag modes (``Context.tag_vocabulary``): ``open`` lets the model write any 2–4-word tag (the paper;
 for capable models); ``catalogue`` constrains tags to product-type phrases of the shop's catalogue
@@ -33,8 +34,9 @@ TAG_PATTERN = r"^[A-Za-z][A-Za-z'-]*( [A-Za-z][A-Za-z'-]*){1,3}$"
 
 class TagProposal(BaseModel):
     tag: str = Field(min_length=3, max_length=48, pattern=TAG_PATTERN, description="modifier + core word, 2 to 4 words")
+    #: the interest (one of the expert's intents) the tag serves; the tag's reason is that intent's
+    #: reason, so the model does not write one per tag (most of a 135M expert's decode time)
     intent: str = Field(default="", max_length=40)
-    reason: str = Field(default="", max_length=60)
 
 
 @lru_cache(maxsize=64)

@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from llm.cli_options import BACKEND_OPT, BASE_URL_OPT, MODEL_OPT
-from runlog.cli import RUNLOG_OPT
+from runlog.cli_options import RUNLOG_OPT
 from runlog.store import open_runlog
 
 console = Console()

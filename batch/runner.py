@@ -68,12 +68,12 @@ class BatchError(IntentRecError):
 def build_rec(spec: BatchSpec, store: RunLog, *, progress: bool = False, n_threads: int | None = None) -> Any:
     """The ``IntentRec`` a batch runs on: the spec's factory, else ``IntentRec.from_settings``.
     ``n_threads``: llama.cpp threads for the local backend (``batch --workers`` divides the cores)."""
-    from runlog.cli import load_factory
+    from runlog.cli_options import load_factory
 
     fn = load_factory(spec.factory) if spec.factory else None
     if fn is not None:
         return fn(store)
-    from graphs.service import IntentRec
+    from intentrec.service import IntentRec
     from llm.settings import LLMSettings
 
     opts = {k: v for k, v in {"backend": spec.backend, "model": spec.model, "base_url": spec.base_url,

@@ -110,7 +110,15 @@ def summarize(u: DemoUser) -> dict[str, Any]:
             "tags": [{k: t.get(k) for k in ("tag", "persona", "intent", "grade")} for t in out.get("tags", [])],
             "recommendations": [{k: r.get(k) for k in ("item_id", "title", "category", "tag", "persona", "grade",
                                                         "score", "explanation")} for r in out.get("recommendations", [])],
-            "future": u.future, "drops": len(out.get("drops", []))}
+            "future": u.future, "drops": len(out.get("drops", [])),
+            "stage_s": stage_seconds(out.get("node_totals") or {})}
+
+
+def stage_seconds(node_totals: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Wall seconds per graph stage, the stages that took at least 0.05 s, slowest first (fan-out
+    tasks of a node are summed; the embedded model runs them one after another)."""
+    secs = {n: round(float(t.get("wall_s") or 0.0), 1) for n, t in node_totals.items()}
+    return dict(sorted(((n, v) for n, v in secs.items() if v >= 0.05), key=lambda kv: -kv[1]))
 
 
 def default_report_path() -> Path:

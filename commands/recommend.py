@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from llm.cli_options import BACKEND_OPT, BASE_URL_OPT, MODEL_OPT, llm_overrides
-from runlog.cli import RUNLOG_OPT
+from runlog.cli_options import RUNLOG_OPT
 
 console = Console()
 
@@ -60,7 +60,7 @@ def recommend_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
     """Run planner → experts → arbiter → retrieval → explainer → judges for one user."""
-    from graphs.service import IntentRec
+    from intentrec.service import IntentRec
     from llm.settings import LLMSettings
 
     overrides = llm_overrides(backend, base_url, model)
@@ -149,11 +149,11 @@ def demo_cmd(
         write_demo_report,
     )
     from core.options import parse_date
-    from graphs.service import IntentRec
+    from intentrec.service import IntentRec
     from llm.settings import LLMSettings
     from retrieval.service import artifact_dir
     from retrieval.settings import RetrievalSettings
-    from runlog.cli import load_factory
+    from runlog.cli_options import load_factory
     from runlog.store import new_id, open_runlog
 
     say = (lambda *a, **k: None) if as_json else console.print
@@ -174,8 +174,9 @@ def demo_cmd(
     else:
         rec, t_load = timed(IntentRec.from_settings, dataset, llm_settings=llm_settings, retrieval_settings=rsettings,
                             runlog=open_runlog(runlog), progress=not as_json)
+    built = None if cached else _build_seconds(artifact_dir(ds, rsettings))
     say(f"[bold]3/4[/] retriever and {llm_settings.backend} model ready ({t_load:.1f} s"
-        + (")" if cached else ", including the index build)"))
+        + (")" if cached else f", including the index build: {built} s)"))
     ids = list(dict.fromkeys(user)) if user else pick_users(ds, when, users)
     counter = get_token_counter()
     say(f"[bold]4/4[/] running the graph for {len(ids)} user(s): {', '.join(ids)}")
@@ -199,7 +200,8 @@ def demo_cmd(
             _print_user(summarize(u))
     meta = {"dataset": ds.name, "demo_date": f"{when:%Y-%m-%d}",
             "backend": f"factory {factory}" if factory else llm_settings.backend,
-            "index": "cached" if cached else "built", "load_s": round(t_data + t_load, 1)}
+            "index": "cached" if cached else "built", "load_s": round(t_data + t_load, 1),
+            "index_build_s": built}
     path = Path(out) if out else default_report_path()
     report = write_demo_report(rec.runlog, done, path, title=f"IntentRec demo — {ds.name}, {when:%Y-%m-%d}",
                                meta=meta) if rec.runlog is not None else None
@@ -216,6 +218,14 @@ def demo_cmd(
               f"{sum(u.wall_s for u in done):.0f} s)\nreport: [bold]{report}[/]\n"
               f"trace a run: python app.py trace {done[0].run_id if done and done[0].run_id else 'RUN_ID'}",
               title="demo done", title_align="left"))
+
+
+def _build_seconds(directory: Path) -> float | None:
+    """The tower and index build time the build wrote into its ``config.json``."""
+    try:
+        return json.loads((directory / "config.json").read_text(encoding="utf-8")).get("build_seconds")
+    except (OSError, ValueError):
+        return None
 
 
 def _run_with_status(rec: Any, user_id: str, when: Any, run_id: str | None, *, show: bool) -> dict[str, Any]:
@@ -247,6 +257,8 @@ def _print_brief(b: dict[str, Any]) -> None:
 
 def _print_user(s: dict[str, Any]) -> None:
     console.print(f"  [cyan]run[/] {s['run_id']}  status {s['status']}  {s['wall_s']} s")
+    if s.get("stage_s"):
+        console.print("  [cyan]time[/] " + ", ".join(f"{n} {v:.1f} s" for n, v in s["stage_s"].items()))
     for p in s["personas"]:
         console.print(f"  [cyan]persona[/] {escape(p['name'])}: {escape(p['focus'])}")
     console.print("  [cyan]tags[/] " + escape(", ".join(f"{t['tag']} ({t.get('grade')})" for t in s["tags"])))

@@ -479,7 +479,7 @@ def section_latency(res: Resources, *, users: int, batch: str | None, runlog: st
         source = {"kind": "batch", "batch_id": bid, "spec": b.get("spec"), "done_runs": len(run_ids),
                   "batch_counts": b.get("counts")}
     else:
-        from graphs.service import IntentRec
+        from intentrec.service import IntentRec
         from llm.settings import LLMSettings
 
         store = RunLog(workdir / "latency.sqlite")
@@ -508,7 +508,7 @@ def _batches(store: Any) -> list[dict[str, Any]]:
 
 def scripted_rec(dataset: Any, *, delay_s: float, runlog: Any, retriever: Any = None, **ctx: Any) -> Any:
     from evals.bench_fixtures import SliceRetriever, agent_model
-    from graphs.service import IntentRec
+    from intentrec.service import IntentRec
 
     return IntentRec(dataset=dataset, retriever=retriever or SliceRetriever.from_dataset(dataset),
                      models={"default": agent_model(delay_s)}, runlog=runlog, **ctx)
@@ -753,7 +753,7 @@ def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen) -> None:
 def section_throughput_server(res: Resources, *, levels: Sequence[int], min_users: int, workdir: Path,
                               threads: int = 1, n_ctx: int = 8192, ctx: dict[str, Any] | None = None) -> dict[str, Any]:
     """users/min at each concurrency against ``python -m llama_cpp.server`` on loopback."""
-    from graphs.service import IntentRec, small_model_profile
+    from intentrec.service import IntentRec, small_model_profile
     from llm.check import CHECK_MESSAGES, ShoppingIntent
     from llm.factory import make_chat_model
     from llm.local import default_gguf_path

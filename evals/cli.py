@@ -141,6 +141,43 @@ def eval_tags(
         render(report)
 
 
+@eval_app.command("explanations")
+def eval_explanations(
+    batch: str = typer.Option(None, "--batch", help="Audit every run of this batch."),
+    run: list[str] = typer.Option(None, "--run", help="Audit this run (repeatable)."),
+    prompts: str = typer.Option(None, "--prompts", help="Prompt folder whose examples count as copied text."),
+    runlog: str = typer.Option(None, "--runlog", help="Run log file (default: INTENTREC_RUNLOG_PATH or <data dir>/runs.sqlite)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report."),
+) -> None:
+    """Shown explanations that repeat a 4-gram, run over the limit, hold two sentences or copy the
+    prompt's example, and the judge's pass rates, over logged runs."""
+    import json
+
+    from evals.explanation_audit import audit_runs, explainer_prompt_texts
+    from prompts.registry import PromptRegistry
+    from runlog.batches import BatchStore
+    from runlog.store import RunLogError, open_runlog
+
+    store = open_runlog(runlog)
+    ids = [store.get_run(r)["run_id"] for r in run or []]
+    if batch:
+        ids += [i["run_id"] for i in BatchStore(store).items(BatchStore(store).resolve(batch))
+                if i["status"] == "done" and i["run_id"]]
+    if not ids:
+        raise RunLogError("choose the runs: --batch BATCH_ID or --run RUN_ID")
+    rep = audit_runs(store, ids, explainer_prompt_texts(PromptRegistry([prompts] if prompts else None)))
+    if as_json:
+        typer.echo(json.dumps(rep, indent=2, ensure_ascii=False))
+        return
+    j = rep["judge"]
+    typer.echo(f"{rep['runs']} runs, {rep['shown_explanations']} shown explanations {rep['by_source']}: "
+               f"{rep['degenerate_shown']} degenerate {rep['by_defect']}")
+    for kind in ("tag", "explanation"):
+        typer.echo(f"judge, {kind}s: {j[kind]['passed']} of {j[kind]['judged']} passed")
+    for ex in rep["examples"]:
+        typer.echo(f"  {ex['run_id'][:8]} {ex['item_id']}: {ex['explanation']!r} {ex['defects']}")
+
+
 @bench_app.command("llm")
 def bench_llm(
     reps: int = typer.Option(7, "--reps", min=1, help="Measured repetitions per path and mode."),

@@ -194,8 +194,8 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
             return {"drops": [_drop("expert", persona["name"], "llm_invalid", error=str(e)[:300])]}
         intents = {i.interest: i.reason for i in out.intents}
         proposals = [
-            {"tag": t.tag.strip(), "persona": persona["name"], "intent": t.intent or next(iter(intents), ""),
-             "reason": t.reason, "evidence": persona.get("evidence", "")}
+            {"tag": t.tag.strip(), "persona": persona["name"], "intent": (i := t.intent or next(iter(intents), "")),
+             "reason": intents.get(i, ""), "evidence": persona.get("evidence", "")}
             for t in out.tags
         ]
         return {"proposals": proposals, "calls": [stat]}

@@ -20,7 +20,7 @@ LAYERS = {
     "retrieval": 3, "judges": 3, "agents": 3, "tools": 3,
     "graphs": 4,
     "runlog": 5,
-    "batch": 6, "serve": 6, "report": 6, "evals": 6,
+    "intentrec": 6, "batch": 6, "serve": 6, "report": 6, "evals": 6,
     "app": 7, "commands": 7,
 }
 

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from llm.cli_options import BACKEND_OPT, BASE_URL_OPT, MODEL_OPT, llm_overrides
-from runlog.cli import RUNLOG_OPT
+from runlog.cli_options import RUNLOG_OPT
 
 console = Console(stderr=True)
 
@@ -44,7 +44,7 @@ def serve_cmd(
 
     from core.errors import IntentRecError
     from llm.settings import LLMSettings
-    from runlog.cli import load_factory
+    from runlog.cli_options import load_factory
     from runlog.settings import TraceSettings
     from runlog.store import open_runlog
     from serve.app import create_app
@@ -70,7 +70,7 @@ def serve_cmd(
     def provider() -> Any:
         if build is not None:
             return build(store)
-        from graphs.service import IntentRec
+        from intentrec.service import IntentRec
 
         return IntentRec.from_settings(dataset, llm_settings=llm_settings, retrieval_settings=retrieval_settings,
                                        prompts_dir=prompts, runlog=store if store is not None else False,

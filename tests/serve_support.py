@@ -52,7 +52,7 @@ def hostile_run(runlog: str | Path, *, user: str | None = None) -> HostileRun:
     """One logged run: 4 items asked for; item 0 carries the hostile title (kept, grade S), item 1's
     explanation is graded B (dropped, regen_limit=0), item 2's explanation call gets invalid JSON on
     every attempt (a failed call; dropped), item 3 is plain."""
-    from graphs.service import IntentRec
+    from intentrec.service import IntentRec
 
     its = hostile_items()
     b_item, failed_item = its[1], its[2]

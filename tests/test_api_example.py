@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from graphs.service import IntentRec
+from intentrec.service import IntentRec
 from prompts.registry import PromptRegistry
 from runlog.store import RunLog
 from tests.graph_fakes import make_model

@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 
 import polars as pl
 
-from commands.demo import future_check, history_brief, pick_users
+from commands.demo import future_check, history_brief, pick_users, stage_seconds
 from tests.test_runlog_support import dataset, run_cli
 
 FACTORY = "tests.test_runlog_support:factory"
@@ -60,8 +60,10 @@ def test_history_brief_and_future_check_on_real_rows(count_tokens):
 
 
 def test_demo_command_writes_a_report_with_every_recommendation(tmp_path, monkeypatch, capsys):
+    # scripted calls that take 60 ms each, so the stage times have something to show
+    monkeypatch.setenv("INTENTREC_TEST_LATENCY_S", "0.06")
     out = tmp_path / "demo.html"
-    code, stdout, err = run_cli(["demo", "--users", "2", "--factory", FACTORY, "--runlog", str(tmp_path / "r.sqlite"),
+    code, stdout, err = run_cli(["demo", "--users", "2", "--factory", "tests.batch_support:slow_factory", "--runlog", str(tmp_path / "r.sqlite"),
                                  "--out", str(out), "--json"], monkeypatch, capsys)
     assert code == 0, err
     res = json.loads(stdout[stdout.index("{"):] if not stdout.startswith("{") else stdout)
@@ -81,5 +83,15 @@ def test_demo_command_writes_a_report_with_every_recommendation(tmp_path, monkey
             assert r["title"] in text
         for p in u["personas"]:
             assert p["name"] in text
+        # per-stage wall times, so a newcomer sees where the minutes go
+        assert {"planner", "expert"} <= set(u["stage_s"]) and list(u["stage_s"].values()) == sorted(
+            u["stage_s"].values(), reverse=True)
     assert "script" not in parser.tags
     assert res["report"] == str(out)
+
+
+def test_stage_seconds_are_slowest_first_and_skip_instant_nodes():
+    totals = {"planner": {"wall_s": 16.04}, "expert": {"wall_s": 29.96}, "emit": {"wall_s": 0.001},
+              "retrieve": {"wall_s": 0.05}}
+    assert stage_seconds(totals) == {"expert": 30.0, "planner": 16.0, "retrieve": 0.1}
+    assert stage_seconds({}) == {}

@@ -11,7 +11,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from agents.arbiter import apply_rules, normalize, round_robin_fill, rule_check
 from agents.context import Context, Environment
 from graphs.recommend import NodeError, build_graph, recursion_limit
-from graphs.service import IntentRec
+from intentrec.service import IntentRec
 from llm.scripted import by_schema
 from prompts.registry import PromptRegistry
 from tests.graph_fakes import FakeRetriever, make_model, planner_answer

@@ -135,7 +135,7 @@ def test_stream_is_recorded_too(logged):
 
 def test_failed_node_marks_run_error(tmp_path):
     from graphs.recommend import NodeError
-    from graphs.service import IntentRec
+    from intentrec.service import IntentRec
     from tests.test_runlog_support import dataset
 
     class Broken:

@@ -41,7 +41,7 @@ def user_id() -> str:
 
 
 def make_app(runlog: Any, model: Any = None, **ctx: Any) -> Any:
-    from graphs.service import IntentRec
+    from intentrec.service import IntentRec
 
     defaults = {"n_personas": 2, "n_tags": 2, "n_items": 3}
     return IntentRec(dataset=dataset(), retriever=FakeRetriever(items()), models={"default": model or make_model(k=2)},
@@ -58,14 +58,14 @@ def factory(store: Any) -> Any:
 def run_cli(args: list[str], monkeypatch: Any, capsys: Any, width: int = 200) -> tuple[int, str, str]:
     """Run ``app.py ARGS`` in process through ``app.run`` (typed errors → exit code 2 and one line)."""
     import app
+    import commands.judge
+    import commands.runs
     import prompts.cli
-    import runlog.cli
-    import runlog.judge_cli
 
     # the CLI callback configures structlog once per process with the stderr of that moment, which
     # is pytest's capture file here (closed afterwards); keep the configuration as it is
     monkeypatch.setattr("core.logging._configured", True)
-    for mod in (runlog.cli, runlog.judge_cli, prompts.cli):
+    for mod in (commands.runs, commands.judge, prompts.cli):
         monkeypatch.setattr(mod, "console", Console(width=width, color_system=None))
     monkeypatch.setattr(app, "err_console", Console(stderr=True, width=width, color_system=None))
     monkeypatch.setattr(sys, "argv", ["app.py", *args])

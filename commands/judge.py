@@ -11,8 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from intentrec.service import build_app
 from llm.cli_options import llm_overrides
-from runlog.cli import RUNLOG_OPT, build_app
+from runlog.cli_options import RUNLOG_OPT
 from runlog.store import RunLogError, open_runlog
 
 judge_app = typer.Typer(no_args_is_help=True)

@@ -174,4 +174,20 @@ def small_model_profile(dataset: Dataset, encoder: Any) -> dict[str, Any]:
             "semantic_judge": SemanticJudge(encoder, catalogue_vocabulary(dataset))}
 
 
-__all__ = ["IntentRec", "ROLES", "small_model_profile"]
+def build_app(store: Any, *, dataset: str | None, factory: str | None, backend: str | None = None,
+              model: str | None = None, base_url: str | None = None) -> Any:
+    from runlog.cli_options import load_factory
+
+    """The ``IntentRec`` a command runs on: ``--factory module:function(RunLog)`` (``INTENTREC_FACTORY``),
+    else ``IntentRec.from_settings`` for ``dataset`` with these backend options, logging to ``store``."""
+    fn = load_factory(factory)
+    if fn is not None:
+        return fn(store)
+    from llm.cli_options import llm_overrides
+    from llm.settings import LLMSettings
+
+    opts = llm_overrides(backend, base_url, model)
+    return IntentRec.from_settings(dataset, llm_settings=LLMSettings(**opts), runlog=store, progress=False)
+
+
+__all__ = ["IntentRec", "ROLES", "build_app", "small_model_profile"]

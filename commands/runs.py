@@ -9,9 +9,7 @@ an ``IntentRec`` that uses it (for custom retrievers and models, and for tests).
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,45 +18,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from llm.cli_options import llm_overrides
+from runlog.cli_options import RUNLOG_OPT
 from runlog.store import RunLog, RunLogError, open_runlog
 from runlog.trace import STATUS_STYLE, build_trace, render_node, render_tree
 
 runs_app = typer.Typer(no_args_is_help=True)
 console = Console()
 
-RUNLOG_OPT = typer.Option(None, "--runlog", help="Run log file (default: INTENTREC_RUNLOG_PATH or <data dir>/runs.sqlite).")
-FACTORY_ENV = "INTENTREC_FACTORY"
 
 
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
-
-
-def load_factory(spec: str | None) -> Any:
-    """``module:function`` → the function (``None`` when no factory is named)."""
-    spec = spec or os.environ.get(FACTORY_ENV)
-    if not spec:
-        return None
-    mod, _, fn = spec.partition(":")
-    if not mod or not fn:
-        raise RunLogError(f"--factory must look like module:function, not {spec!r}")
-    try:
-        return getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e:
-        raise RunLogError(f"cannot load factory {spec!r}: {e}") from e
-
-
-def build_app(store: RunLog, *, dataset: str | None, factory: str | None, backend: str | None = None,
-              model: str | None = None, base_url: str | None = None) -> Any:
-    fn = load_factory(factory)
-    if fn is not None:
-        return fn(store)
-    from graphs.service import IntentRec
-    from llm.settings import LLMSettings
-
-    opts = llm_overrides(backend, base_url, model)
-    return IntentRec.from_settings(dataset, llm_settings=LLMSettings(**opts), runlog=store, progress=False)
 
 
 @runs_app.command("list")
@@ -134,6 +104,8 @@ def _fork(store: RunLog, run_id: str, node: str, edit: str | None, *, as_json: b
     from runlog.fork import check_edit
 
     check_edit(values)  # fail before loading models and data
+    from intentrec.service import build_app
+
     rec = build_app(store, dataset=run.get("dataset"), **build)
     out = rec.fork(run["run_id"], node=node, edit=values)
     if as_json:
