@@ -21,11 +21,14 @@ from pydantic import BaseModel, Field, create_model
 from agents.common import call_agent
 from agents.context import Context
 
+#: intents per expert answer
+MAX_INTENTS = 2
+
 
 class Intent(BaseModel):
     # bounds kept short: every character the grammar allows is one a looping small model may fill
     interest: str = Field(min_length=1, max_length=40)
-    reason: str = Field(default="", max_length=60)
+    reason: str = Field(default="", max_length=48)
 
 
 #: "modifier + core word": 2 to 4 plain words. Grammar-constrained backends cannot emit anything else.
@@ -34,9 +37,10 @@ TAG_PATTERN = r"^[A-Za-z][A-Za-z'-]*( [A-Za-z][A-Za-z'-]*){1,3}$"
 
 class TagProposal(BaseModel):
     tag: str = Field(min_length=3, max_length=48, pattern=TAG_PATTERN, description="modifier + core word, 2 to 4 words")
-    #: the interest (one of the expert's intents) the tag serves; the tag's reason is that intent's
-    #: reason, so the model does not write one per tag (most of a 135M expert's decode time)
-    intent: str = Field(default="", max_length=40)
+    #: which of the expert's intents the tag serves, by position (0 = the first): one token, where a
+    #: copied text was up to 40 (a 135M model filled it with "1. 1. 1. …"). The tag carries that
+    #: intent's interest and reason.
+    intent: int = Field(default=0, ge=0, le=MAX_INTENTS - 1)
 
 
 @lru_cache(maxsize=64)
@@ -50,7 +54,7 @@ def expert_schema(n_tags: int, vocabulary: tuple[str, ...] | None = None) -> typ
                                 tag=(Literal[vocabulary], Field()))
     return create_model(
         "ExpertOutput",
-        intents=(list[Intent], Field(min_length=1, max_length=2)),
+        intents=(list[Intent], Field(min_length=1, max_length=MAX_INTENTS)),
         tags=(list[proposal], Field(min_length=1, max_length=n_tags)),
     )
 

@@ -62,6 +62,8 @@ def batch_cmd(
     items: int = typer.Option(None, "--items", help="Items to recommend per user."),
     factory: str = typer.Option(None, "--factory", help="module:function(RunLog) -> IntentRec instead of the settings."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (no progress bar)."),
+    durability: str = typer.Option("normal", "--durability", help="Run log sync: normal (WAL, survives a "
+                                   "process kill; the default for batches) or full (also a power cut)."),
     runlog: Path = RUNLOG_OPT,
 ) -> None:
     """Run the graph for many users; results go to the run log. Resumable after a kill (--resume)."""
@@ -69,7 +71,7 @@ def batch_cmd(
     from core.options import parse_date
     from runlog.batches import BatchStore
 
-    store = open_runlog(runlog)
+    store = open_runlog(runlog, durability=durability)
     batches = BatchStore(store)
     rec = None
     if resume:

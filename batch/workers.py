@@ -39,9 +39,10 @@ def threads_per_worker(workers: int) -> int:
     return max(1, physical_cores() // max(1, workers))
 
 
-def worker_command(runlog_path: str | Path, batch_id: str, *, concurrency: int, threads: int) -> list[str]:
+def worker_command(runlog_path: str | Path, batch_id: str, *, concurrency: int, threads: int,
+                   durability: str = "full") -> list[str]:
     return [sys.executable, "-m", "batch.worker", "--runlog", str(runlog_path), "--batch", batch_id,
-            "--concurrency", str(concurrency), "--threads", str(threads)]
+            "--concurrency", str(concurrency), "--threads", str(threads), "--durability", durability]
 
 
 def run_workers(store: Any, batch_id: str, *, workers: int, concurrency: int = 1, on_progress: Any = None,
@@ -52,7 +53,8 @@ def run_workers(store: Any, batch_id: str, *, workers: int, concurrency: int = 1
     before = batches.counts(batch_id)
     threads = threads_per_worker(workers)
     budget = workers * 2 if max_restarts is None else max_restarts
-    cmd = worker_command(store.path, batch_id, concurrency=concurrency, threads=threads)
+    cmd = worker_command(store.path, batch_id, concurrency=concurrency, threads=threads,
+                         durability=getattr(store, "durability", "full"))
     procs: list[subprocess.Popen] = []
 
     def start() -> None:

@@ -94,7 +94,7 @@ def _answer(messages: list[Any], schema: type[BaseModel] | None) -> Any:
         start = seed % len(pool)
         tags = [pool[(start + i) % len(pool)] for i in range(min(n, len(pool)))]
         return {"intents": [{"interest": "weekly refresh", "reason": "seasonal"}],
-                "tags": [{"tag": t, "intent": "weekly refresh", "reason": "fits the history"} for t in tags]}
+                "tags": [{"tag": t, "intent": 0} for t in tags]}
     if name == "ArbiterOutput":
         _, n = _items_bounds(schema, "chosen")
         return {"chosen": list(range(n)), "reason": "diverse"}

@@ -192,10 +192,10 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
             out, stat = propose(ctx, payload["shared_context"], persona, vocabulary=vocab or None)
         except LLMError as e:
             return {"drops": [_drop("expert", persona["name"], "llm_invalid", error=str(e)[:300])]}
-        intents = {i.interest: i.reason for i in out.intents}
+        intents = list(out.intents)
         proposals = [
-            {"tag": t.tag.strip(), "persona": persona["name"], "intent": (i := t.intent or next(iter(intents), "")),
-             "reason": intents.get(i, ""), "evidence": persona.get("evidence", "")}
+            {"tag": t.tag.strip(), "persona": persona["name"], "intent": (i := intents[min(t.intent, len(intents) - 1)]).interest,
+             "reason": i.reason, "evidence": persona.get("evidence", "")}
             for t in out.tags
         ]
         return {"proposals": proposals, "calls": [stat]}

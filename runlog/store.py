@@ -364,6 +364,7 @@ class RunLog:
 
     def __init__(self, path: str | Path | None = None, *, durability: str = "full", recover: bool = True):
         self.path = Path(path) if path is not None else default_path()
+        self.durability = durability
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if durability not in ("full", "normal"):
             raise RunLogError(f"durability must be 'full' or 'normal', not {durability!r}")
@@ -727,13 +728,13 @@ def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
     return d
 
 
-def open_runlog(path: str | Path | None = None) -> RunLog:
+def open_runlog(path: str | Path | None = None, *, durability: str = "full") -> RunLog:
     """The run log at ``path``, else ``INTENTREC_RUNLOG_PATH``, else ``<data dir>/runs.sqlite``."""
     if path is None:
         from runlog.settings import TraceSettings
 
         path = TraceSettings().runlog_file()
-    return RunLog(path)
+    return RunLog(path, durability=durability)
 
 
 def elapsed(t0: float) -> float:

@@ -29,8 +29,8 @@ def expert_answer(messages) -> dict:
     persona = text.split("PERSONA: «", 1)[1].split("»", 1)[0] if "PERSONA: «" in text else "x"
     base = persona.split()[0].lower()
     n = int(re.search(r"Write up to (\d+) item tags", text).group(1))
-    pool = [{"tag": f"{base} organic cereal", "intent": f"{base} refresh", "reason": "likes cereal"},
-            {"tag": f"{base} frozen pizza", "intent": f"{base} refresh", "reason": "quick meals"}]
+    pool = [{"tag": f"{base} organic cereal", "intent": 0},
+            {"tag": f"{base} frozen pizza", "intent": 0}]
     return {"intents": [{"interest": f"{base} refresh", "reason": "seasonal"}], "tags": pool[:n]}
 
 

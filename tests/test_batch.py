@@ -328,3 +328,19 @@ def test_workers_are_exactly_once_across_a_sigkill_of_one_worker(tmp_path):
     statuses = Counter(r["status"] for r in store.runs())
     assert statuses["ok"] == 20 and statuses["incomplete"] >= 1
     assert store.integrity_check() == "ok"
+
+
+def test_batch_run_log_durability_and_worker_command(tmp_path):
+    from batch.workers import threads_per_worker, worker_command
+    from runlog.store import open_runlog
+
+    store = open_runlog(tmp_path / "r.sqlite", durability="normal")
+    assert store.durability == "normal" and store._query("PRAGMA synchronous")[0][0] == 1  # NORMAL
+    assert open_runlog(tmp_path / "r.sqlite")._query("PRAGMA synchronous")[0][0] == 2  # FULL elsewhere
+    cmd = worker_command(store.path, "b1", concurrency=3, threads=1, durability="normal")
+    assert cmd[1:3] == ["-m", "batch.worker"] and cmd[cmd.index("--durability") + 1] == "normal"
+    assert cmd[cmd.index("--concurrency") + 1] == "3" and cmd[cmd.index("--threads") + 1] == "1"
+    assert threads_per_worker(1) >= threads_per_worker(2) >= 1
+    with pytest.raises(BatchError, match="--workers must be at least 1"):
+        execute(store, BatchStore(store).create(["u1"], spec=BatchSpec(now=NOW, factory=FACTORY).model_dump()),
+                workers=0)
