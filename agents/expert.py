@@ -40,7 +40,7 @@ class TagProposal(BaseModel):
     #: which of the expert's intents the tag serves, by position (0 = the first): one token, where a
     #: copied text was up to 40 (a 135M model filled it with "1. 1. 1. …"). The tag carries that
     #: intent's interest and reason.
-    intent: int = Field(default=0, ge=0, le=MAX_INTENTS - 1)
+    intent: Literal[tuple(range(MAX_INTENTS))] = 0  # an enum, which the grammar enforces (it ignores ge/le)
 
 
 @lru_cache(maxsize=64)

@@ -95,7 +95,7 @@ def _drop_titles(node: Any, in_properties: bool = False) -> Any:
     return {k: _drop_titles(v, in_properties=(k == "properties")) for k, v in node.items() if k != "title"}
 
 
-#: an ``enum`` longer than this is shown in the schema hint by its first values and its size: the
+#: an ``enum`` longer than this is shown in the schema hint by its first 8 values only: the
 #: grammar (or the server) enforces the whole list, and a prompt that needs the model to see every
 #: value lists it once in a part shared between calls (the expert's product types), not in the
 #: hint at the end of every prompt
@@ -115,7 +115,7 @@ def _sample_enums(node: Any, max_enum: int) -> Any:
     out = {k: _sample_enums(v, max_enum) for k, v in node.items()}
     enum = node.get("enum")
     if isinstance(enum, list) and len(enum) > max_enum:
-        out["enum"] = [*enum[:8], f"... {len(enum) - 8} more"]
+        out["enum"] = enum[:8]  # no "... N more" marker: a small model copied it into other fields
     return out
 
 
