@@ -11,6 +11,8 @@ rule checks it.
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel, Field
 
 from agents.common import call_agent
@@ -74,6 +76,13 @@ def facts_explanation(title: str, category: str, *, item_count: int, category_co
         return f"{name}: from {cat}, a kind of product you buy often."
     if cat and category_count:
         return f"{name}: from {cat}, a kind of product you have tried."
-    if tag:
+    if tag and not _same_words(tag, name):  # "Bread:Italian/French: it matches bread italian french" repeats itself
         return f"{name}: it matches {' '.join(tag.split())}, an interest read from your history."
     return f"{name}: often bought by households whose baskets look like yours."
+
+
+def _same_words(a: str, b: str) -> bool:
+    """Whether every word of ``a`` is a word of ``b`` (case and punctuation ignored)."""
+    def ws(x: str) -> set[str]:
+        return set(re.findall(r"[a-z0-9]+", x.lower()))
+    return ws(a) <= ws(b)

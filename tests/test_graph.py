@@ -459,3 +459,13 @@ def test_facts_explanations_make_no_explainer_call(cj, items, user_id):
         bought = int((hist["item_id"] == r["item_id"]).sum())
         says_bought = "you have bought it before" in r["explanation"] or "a regular in your basket" in r["explanation"]
         assert says_bought == (bought > 0), (r["explanation"], bought)
+
+
+def test_facts_line_does_not_repeat_the_title_as_the_tag():
+    from agents.explainer import facts_explanation
+    from judges.rules import repeated_ngram
+
+    line = facts_explanation("Bread:Italian/French", "", item_count=0, category_count=0, tag="bread italian french")
+    assert repeated_ngram(line, 3) is None and "bread italian french" not in line.lower().split(":", 1)[1]
+    other = facts_explanation("Sourdough Loaf", "", item_count=0, category_count=0, tag="bread italian french")
+    assert "it matches bread italian french" in other
