@@ -36,7 +36,7 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -61,6 +61,9 @@ from judges.schemas import ItemFacts, JudgeRequest
 from llm.structured import LLMError
 
 log = structlog.get_logger("intentrec.graph")
+
+#: the intent an item without one (collaborative channel) is explained under
+DEFAULT_INTENT = "what this customer usually buys"
 
 
 class NodeError(IntentRecError):
@@ -304,8 +307,8 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
         """``Context.explanations == "facts"``: every item's line stated from the user's own history.
         A line the judge still rejects is dropped (no regeneration: there is no model to ask)."""
         ctx = runtime.context
-        lines = {c["item_id"]: {"text": _facts_line(state["user_id"], c, ctx), "source": "facts"}
-                 for c in state["candidates"]}
+        lines = {c["item_id"]: {"text": t, "source": "facts"}
+                 for c, t in zip(state["candidates"], _facts_lines(state["user_id"], state["candidates"], ctx), strict=True)}
         return {"explanations": lines, "regen": {f"expl:{i}": ctx.regen_limit + 1 for i in lines}}
 
     def _persona_of(c: dict) -> str:
@@ -322,7 +325,7 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
         for persona, cands in groups.items():
             try:
                 text, stat = style_for(ctx, persona=persona,
-                                       intents=[c.get("intent") or "what this customer usually buys" for c in cands],
+                                       intents=[c.get("intent") or DEFAULT_INTENT for c in cands],
                                        titles=[c["title"] for c in cands])
             except LLMError as e:  # stage 2 still runs, with no guideline
                 drops.append(_drop("style", persona, "llm_invalid", error=str(e)[:300]))
@@ -347,7 +350,7 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
     def explain_node(payload: dict, runtime: Runtime[Context]) -> dict:
         c = payload["item"]
         item = _item_facts(dataset, c["item_id"])
-        intent = c.get("intent") or "what this customer usually buys"
+        intent = c.get("intent") or DEFAULT_INTENT
         guide = payload.get("guideline", "")
         try:
             text, stat = explain(runtime.context, item=item.model_dump(), guideline=guide, intent=intent,
@@ -385,7 +388,7 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
         ctx = runtime.context
         verdicts = state.get("verdicts") or {}
         regen = state.get("regen") or {}
-        sends, drops, counters, facts = [], [], {}, {}
+        sends, drops, counters, fallback = [], [], {}, []
         for req in state.get("judge_requests", []):
             v = verdicts.get(req.subject_id)
             if v is not None and v.passed:
@@ -398,22 +401,27 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
                 sends.append(_explain_send(state, cand, v.feedback if v else "no verdict"))
             elif n == ctx.regen_limit and ctx.explanation_fallback == "facts":
                 counters[req.subject_id] = n + 1  # one judged try of the facts line, then drop
-                facts[item_id] = {"text": _facts_line(state["user_id"], cand, ctx), "source": "facts"}
+                fallback.append(cand)
                 drops.append(_drop("judge_explanations", item_id, "explanation_from_facts"))
             else:
                 drops.append(_drop("judge_explanations", item_id, "graded_B_after_regen"))
         if sends:
             return Command(goto=sends, update={"regen": counters, "drops": drops})
+        facts = {c["item_id"]: {"text": t, "source": "facts"}
+                 for c, t in zip(fallback, _facts_lines(state["user_id"], fallback, ctx), strict=True)}
         if facts:
             return Command(goto="judge_prep", update={"regen": counters, "explanations": facts, "drops": drops})
         return Command(goto="emit", update={"drops": drops})
 
-    def _facts_line(user_id: str, cand: dict, ctx: Context) -> str:
+    def _facts_lines(user_id: str, cands: list[dict], ctx: Context) -> list[str]:
+        """The facts line of each candidate, from one read of the user's history."""
+        if not cands:
+            return []
         hist = dataset.history_with_items(user_id, before=ctx.env.now)
-        return facts_explanation(cand["title"], cand.get("category") or "", tag=cand.get("tag"),
-                                 item_count=int((hist["item_id"] == cand["item_id"]).sum()),
-                                 category_count=int((hist["category"] == (cand.get("category") or "")).sum())
-                                 if cand.get("category") else 0)
+        items, cats = Counter(hist["item_id"].to_list()), Counter(hist["category"].to_list())
+        return [facts_explanation(c["title"], c.get("category") or "", tag=c.get("tag"),
+                                  item_count=items[c["item_id"]],
+                                  category_count=cats[c["category"]] if c.get("category") else 0) for c in cands]
 
     @_node("emit")
     def emit(state: State, runtime: Runtime[Context]) -> dict:
