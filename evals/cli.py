@@ -206,7 +206,8 @@ def bench_llm(
 def bench_system(
     sections: str = typer.Option(",".join(("latency", "overhead", "prefix", "throughput", "retrieval", "memory", "llm")),
                                  "--sections", help="Comma-separated subset of: latency, overhead, prefix, "
-                                 "throughput (or throughput-scripted, throughput-server), retrieval, memory, llm."),
+                                 "throughput (or throughput-scripted, throughput-server), throughput-vllm (not in the default: "
+                                 "needs 'python app.py llm vllm setup'), retrieval, memory, llm."),
     users: int = typer.Option(2, "--users", "-n", min=1, help="Local-backend users to run for latency (without --batch)."),
     batch: str = typer.Option(None, "--batch", help="Take local latency/overhead from this finished batch's runs."),
     runlog: str = typer.Option(None, "--runlog", help="Run log holding --batch (default: the configured run log)."),
@@ -219,7 +220,7 @@ def bench_system(
                                         help="Also run the shipped run log at this longer delay (0: skip)."),
     scripted_users: int = typer.Option(16, "--scripted-users", min=1, help="Users per level, scripted throughput."),
     server_users: int = typer.Option(3, "--server-users", min=1,
-                                     help="Minimum users per level against the llama.cpp server (at least the level)."),
+                                     help="Minimum users per level against the llama.cpp and vLLM servers (at least the level)."),
     overhead_users: int = typer.Option(8, "--overhead-users", min=1, help="Users for the zero-latency scripted runs."),
     prefix_user: str = typer.Option("1", "--prefix-user", help="User whose real prompts the prefix-cache test uses."),
     prefix_reps: int = typer.Option(1, "--prefix-reps", min=1, help="Planner+experts sequences per prefix mode."),

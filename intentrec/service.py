@@ -86,7 +86,7 @@ class IntentRec:
         retriever = load_or_build_retriever(ds, settings=retrieval_settings, progress=progress, encoder=encoder)
         model = make_chat_model(llm_settings)
         prompts = PromptRegistry([prompts_dir] if prompts_dir else None)
-        if llm_settings.backend == "local":
+        if llm_settings.small_model(getattr(model, "model_name", None)):
             context_defaults = {**small_model_profile(ds, encoder), **context_defaults}
         from runlog.callbacks import make_callbacks
         from runlog.settings import TraceSettings

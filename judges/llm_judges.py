@@ -85,11 +85,15 @@ def _outcome(v: Any) -> Any:
     return v.strip().lower() if isinstance(v, str) else v
 
 
+#: a judge's reason is one short sentence; bounded so constrained decoding always closes the JSON
+REASON_MAX = 160
+
+
 class DimensionJudgement(BaseModel):
     """Per-dimension answer."""
 
     outcome: Outcome = Field(description="good, ok or defect")
-    reason: str = Field(default="", description="one short sentence")
+    reason: str = Field(default="", max_length=REASON_MAX, description="one short sentence")
 
     _norm = field_validator("outcome", mode="before")(_outcome)
 
@@ -101,7 +105,7 @@ class TagJudgement(BaseModel):
     consistency: Outcome
     specificity: Outcome
     validity: Outcome
-    reason: str = Field(default="", description="one short sentence on the main problem")
+    reason: str = Field(default="", max_length=REASON_MAX, description="one short sentence on the main problem")
 
     _norm = field_validator(*TAG_DIMENSIONS, mode="before")(_outcome)
 
@@ -116,7 +120,7 @@ class ExplanationJudgement(BaseModel):
     timeliness: Outcome
     informativeness: Outcome
     attractiveness: Outcome
-    reason: str = Field(default="", description="one short sentence on the main problem")
+    reason: str = Field(default="", max_length=REASON_MAX, description="one short sentence on the main problem")
 
     _norm = field_validator(*EXPLANATION_DIMENSIONS, mode="before")(_outcome)
 

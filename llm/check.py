@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import BaseModel, Field
@@ -24,9 +24,10 @@ from llm.settings import LLMSettings
 class ShoppingIntent(BaseModel):
     """One shopping intent inferred from a short behaviour history."""
 
-    intent: str = Field(description="what the shopper is trying to get done, in a few words")
+    intent: str = Field(max_length=80, description="what the shopper is trying to get done, in a few words")
     category: Literal["baby", "food", "home", "outdoor", "electronics", "clothing", "other"]
-    tags: list[str] = Field(min_length=1, max_length=3, description="item tags, each 'modifier + core word'")
+    tags: list[Annotated[str, Field(max_length=40)]] = Field(min_length=1, max_length=3,
+                                                             description="item tags, each 'modifier + core word'")
     urgency: Literal["low", "medium", "high"]
 
 

@@ -61,3 +61,83 @@ def _print(r: dict) -> None:
         console.print(r.get("raw"), markup=False, highlight=False)
     if r.get("error"):
         console.print(f"[bold red]error ({r['error']['type']}):[/] {r['error']['message']}", highlight=False)
+
+
+# ----- app.py llm vllm ... ---------------------------------------------------------------------------
+
+vllm_app = typer.Typer(no_args_is_help=True, help="A local vLLM server (CPU build) serving the embedded model.")
+llm_app.add_typer(vllm_app, name="vllm")
+
+
+@vllm_app.command("setup")
+def vllm_setup() -> None:
+    """Install vLLM's CPU build into its own environment and convert the embedded weights (idempotent)."""
+    from llm.vllm_server import setup
+
+    out = setup()
+    print(json.dumps(out, indent=2))
+
+
+@vllm_app.command("serve")
+def vllm_serve(
+    port: int = typer.Option(8000, "--port", help="Loopback port (0: a free one)."),
+    max_model_len: int = typer.Option(None, "--max-model-len", help="Context length (default 8192)."),
+    kv_cache_gib: int = typer.Option(None, "--kv-cache-gib", help="KV cache size in GiB (default 1)."),
+    detach: bool = typer.Option(False, "--detach", help="Leave the server running; stop it with 'llm vllm stop'."),
+    no_setup: bool = typer.Option(False, "--no-setup", help="Fail instead of setting up when not set up."),
+) -> None:
+    """Start vLLM on 127.0.0.1 with the embedded model and print the settings that point IntentRec at it."""
+    import signal
+    import threading
+
+    from llm.vllm_server import (
+        DEFAULT_KV_CACHE_GIB,
+        DEFAULT_MAX_MODEL_LEN,
+        SERVED_MODEL,
+        VllmServer,
+        openai_flags,
+        setup,
+        start_detached,
+    )
+
+    if not no_setup:
+        setup()
+    server = VllmServer(port=port or None, max_model_len=max_model_len or DEFAULT_MAX_MODEL_LEN,
+                        kv_cache_gib=kv_cache_gib or DEFAULT_KV_CACHE_GIB)
+    print(f"starting vLLM on {server.base_url} (log {server.log}) ...", flush=True)
+    if detach:
+        state = start_detached(server)
+        print(f"vLLM ready in {state['ready_s']} s, pid {state['pid']}, serving {SERVED_MODEL!r}")
+        print(f"use: {openai_flags(state['base_url'])}")
+        return
+    base = server.start()
+    print(f"vLLM ready in {server.ready_s} s, serving {SERVED_MODEL!r}; Ctrl-C stops it")
+    print(f"use: {openai_flags(base)}", flush=True)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    try:
+        while not done.is_set() and server.proc is not None and server.proc.poll() is None:
+            done.wait(1.0)
+    finally:
+        code = server.proc.poll() if server.proc is not None else None
+        server.stop()
+    if code is not None:
+        print(f"vLLM exited with code {code}; log {server.log}")
+        raise typer.Exit(1)
+
+
+@vllm_app.command("stop")
+def vllm_stop() -> None:
+    """Stop the server started with 'llm vllm serve --detach'."""
+    from llm.vllm_server import stop_detached
+
+    print(json.dumps(stop_detached()))
+
+
+@vllm_app.command("status")
+def vllm_status() -> None:
+    """Whether vLLM is set up here, and the detached server's pid, URL and served models."""
+    from llm.vllm_server import status
+
+    print(json.dumps(status(), indent=2))

@@ -41,13 +41,15 @@ class LLMError(IntentRecError):
 class StructuredOutputError(LLMError):
     """The model's output did not validate against the schema after every attempt."""
 
-    def __init__(self, *, model: str, schema: str, attempts: int, raw: list[str], errors: list[str]):
+    def __init__(self, *, model: str, schema: str, attempts: int, raw: list[str], errors: list[str],
+                 hint: str = ""):
         self.schema = schema
         self.errors = errors
+        self.hint = hint
         last = (raw[-1] if raw else "")[:300]
         super().__init__(
             f"model {model!r} gave no valid {schema} after {attempts} attempt(s): {errors[-1] if errors else ''}"
-            f" | last raw output: {last!r}",
+            f" | last raw output: {last!r}" + (f" | {hint}" if hint else ""),
             model=model, attempts=attempts, raw=raw,
         )
 

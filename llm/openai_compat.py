@@ -21,9 +21,17 @@ Design decisions:
   agent's schema. Measured: llama.cpp's server answers ``json_schema`` with HTTP 500 (its request
   model only knows ``text``/``json_object``) and honours forced function calls, so it lands on
   ``function_calling``.
-* **vLLM.** With ``vllm=True`` (and ``structured_method=auto``) the schema goes in
-  ``extra_body={"structured_outputs": {"json": schema}}`` (vLLM >= 0.12; ``guided_json`` is gone)
-  and the JSON comes back as the message text. Nothing here imports vLLM.
+* **vLLM, detected.** With ``structured_method=auto`` the server's ``GET /models`` is read once per
+  base URL (``owned_by: "vllm"`` marks a vLLM server); on vLLM, or with ``vllm=True``, the schema
+  goes in ``extra_body={"structured_outputs": {"json": schema}}`` (vLLM >= 0.12) and the JSON comes
+  back as the message text. ``guided_json`` is never sent: vLLM >= 0.12 ignores it with only a
+  warning and returns unconstrained text. Nothing here imports vLLM.
+* **Concurrency follows the server.** ``concurrency=None`` (the default) allows 4 requests in flight,
+  or :data:`VLLM_CONCURRENCY` on a vLLM server, which batches concurrent requests (continuous
+  batching) instead of queueing them.
+* **A cut-off answer names its fix.** When a structured answer stops at ``max_tokens``,
+  :meth:`OpenAICompatChatModel.truncation_hint` says so with the server and model; on vLLM it names
+  the server flag without which a small model pads JSON with whitespace until the limit.
 * **Typed errors, nothing hangs.** Every openai/httpx failure is mapped once, in ``_generate`` /
   ``_agenerate``, to an ``llm.errors`` type naming the model, base URL, attempts and the server's
   body. Every request has ``timeout_s``; a truncated answer (``finish_reason=length``, which the
@@ -77,7 +85,11 @@ Method = Literal["auto", "json_schema", "function_calling", "json_mode"]
 METHOD_ORDER: tuple[str, ...] = ("json_schema", "function_calling", "json_mode")
 
 _DETECTED: dict[tuple[str, str], str] = {}
+_SERVER_KIND: dict[str, str] = {}
 _DETECT_LOCK = threading.Lock()
+#: requests in flight against a vLLM server when ``concurrency`` is not set (it batches them)
+VLLM_CONCURRENCY = 32
+DEFAULT_CONCURRENCY = 4
 
 _PROBE_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
 _SCHEMA_WORDS = ("response_format", "json_schema", "schema", "grammar", "structured", "tool", "function",
@@ -93,6 +105,7 @@ def detected_methods() -> dict[tuple[str, str], str]:
 def forget_detected_methods() -> None:
     with _DETECT_LOCK:
         _DETECTED.clear()
+        _SERVER_KIND.clear()
 
 
 # ----- error mapping ---------------------------------------------------------------------------------
@@ -182,7 +195,7 @@ class OpenAICompatChatModel(ChatOpenAI):
     structured_method: Method = "auto"
     vllm: bool = False
     schema_hint: bool = True
-    concurrency: int = 4
+    concurrency: int | None = None
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
 
     _sem: Any = PrivateAttr(default=None)
@@ -212,21 +225,64 @@ class OpenAICompatChatModel(ChatOpenAI):
         except Exception:
             return []
 
-    # ----- concurrency ----------------------------------------------------------------------------
-    def _thread_sem(self) -> threading.BoundedSemaphore:
-        with self._guard:
-            if self._sem is None:
-                self._sem = threading.BoundedSemaphore(max(1, self.concurrency))
-            return self._sem
+    def server_kind(self) -> str:
+        """``vllm`` when the server's model list says ``owned_by: "vllm"`` (or ``vllm=True``), else
+        ``openai-compatible``; read once per base URL, best effort (an unreachable server is left to
+        the request itself to report)."""
+        if self.vllm:
+            return "vllm"
+        with _DETECT_LOCK:
+            hit = _SERVER_KIND.get(self.base_url)
+        if hit:
+            return hit
+        try:
+            client = self.root_client.with_options(max_retries=0, timeout=min(5.0, self.timeout_s or 5.0))
+            owners = {getattr(m, "owned_by", None) for m in client.models.list().data}
+        except Exception:
+            return "openai-compatible"  # not cached: the server may come up later
+        kind = "vllm" if "vllm" in owners else "openai-compatible"
+        with _DETECT_LOCK:
+            _SERVER_KIND[self.base_url] = kind
+        return kind
 
-    def _loop_sem(self) -> asyncio.Semaphore:
+    def max_in_flight(self) -> int:
+        if self.concurrency is not None:
+            return max(1, self.concurrency)
+        return VLLM_CONCURRENCY if self.server_kind() == "vllm" else DEFAULT_CONCURRENCY
+
+    def truncation_hint(self) -> str:
+        """What to change when a structured answer stopped at ``max_tokens``."""
+        where = f"{self.base_url} (model {self.model_name!r})"
+        if self.server_kind() == "vllm":
+            from llm.vllm_server import WHITESPACE_FLAG
+
+            return (f"{where} is vLLM and stopped at max_tokens={self.max_tokens}: if the answer is mostly "
+                    f"newlines or spaces, the server was started without {WHITESPACE_FLAG}; otherwise raise "
+                    "INTENTREC_LLM_MAX_TOKENS")
+        return f"{where} stopped at max_tokens={self.max_tokens}: raise INTENTREC_LLM_MAX_TOKENS"
+
+    # ----- concurrency ----------------------------------------------------------------------------
+    # The limit is computed outside the guard (it may read the server's model list once).
+    def _thread_sem(self) -> threading.BoundedSemaphore:
+        if self._sem is None:
+            n = self.max_in_flight()
+            with self._guard:
+                if self._sem is None:
+                    self._sem = threading.BoundedSemaphore(n)
+        return self._sem
+
+    async def _loop_sem(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
+        sem = self._asems.get(loop) if self._asems is not None else None
+        if sem is not None:
+            return sem
+        n = await asyncio.to_thread(self.max_in_flight)
         with self._guard:
             if self._asems is None:
                 self._asems = weakref.WeakKeyDictionary()
             sem = self._asems.get(loop)
             if sem is None:
-                sem = self._asems[loop] = asyncio.Semaphore(max(1, self.concurrency))
+                sem = self._asems[loop] = asyncio.Semaphore(n)
             return sem
 
     # ----- requests -------------------------------------------------------------------------------
@@ -257,7 +313,7 @@ class OpenAICompatChatModel(ChatOpenAI):
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         messages, method, schema = self._own_kwargs(messages, kwargs)
-        async with self._loop_sem():
+        async with await self._loop_sem():
             try:
                 return await super()._agenerate(messages, stop=stop, run_manager=run_manager, **kwargs)
             except openai.LengthFinishReasonError as e:
@@ -273,9 +329,11 @@ class OpenAICompatChatModel(ChatOpenAI):
         """The method this server gets: pinned, vLLM's ``structured_outputs``, or probed once."""
         if self.structured_method != "auto":
             return self.structured_method
-        if self.vllm:
-            return "vllm"
         key = (self.base_url, self.model_name)
+        if self.server_kind() == "vllm":
+            with _DETECT_LOCK:
+                _DETECTED[key] = "vllm"
+            return "vllm"
         with _DETECT_LOCK:
             hit = _DETECTED.get(key)
         if hit:

@@ -161,14 +161,15 @@ def raw_output_text(msg: Any) -> str:
     return "" if msg is None else str(msg)
 
 
-def _truncated(msg: AIMessage) -> bool:
-    meta = msg.response_metadata or {}
+def was_truncated(msg: Any) -> bool:
+    """The answer stopped at ``max_tokens`` (``finish_reason == "length"``)."""
+    meta = getattr(msg, "response_metadata", None) or {}
     return meta.get("finish_reason") == "length"
 
 
 def parse_structured(msg: AIMessage, schema: Any) -> tuple[Any, Exception | None]:
     """Validate a raw message against ``schema``: ``(parsed, None)`` or ``(None, error)``."""
-    suffix = " (output was cut off at max_tokens)" if _truncated(msg) else ""
+    suffix = " (output was cut off at max_tokens)" if was_truncated(msg) else ""
     try:
         if msg.tool_calls:
             data: Any = msg.tool_calls[0].get("args", {})

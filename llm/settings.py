@@ -39,6 +39,9 @@ from llm.errors import LLMConfigError
 
 Backend = Literal["local", "openai", "scripted"]
 StructuredMethod = Literal["auto", "json_schema", "function_calling", "json_mode"]
+Profile = Literal["auto", "small", "full"]
+#: served model names taken for the embedded model (SmolLM2-135M) by ``profile = "auto"``
+SMALL_MODEL_MARKERS = ("smollm2-135m", "smollm2_135m")
 
 CONFIG_ENV = "INTENTREC_LLM_CONFIG"
 _config_file: contextvars.ContextVar[str | None] = contextvars.ContextVar("intentrec_llm_config", default=None)
@@ -90,10 +93,11 @@ class LLMSettings(BaseSettings):
     max_tokens: int = Field(default=512, ge=1)
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
-    concurrency: int = Field(default=4, ge=1)
+    concurrency: int | None = Field(default=None, ge=1)
     structured_method: StructuredMethod = "auto"
     vllm: bool = False
     schema_hint: bool = True
+    profile: Profile = "auto"
     roles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("base_url")
@@ -158,6 +162,17 @@ class LLMSettings(BaseSettings):
         from llm.local import default_threads
 
         return self.n_threads or default_threads()
+
+    def small_model(self, model_id: str | None = None) -> bool:
+        """Whether runs get the small-model context defaults (``intentrec.small_model_profile``):
+        ``profile`` says so, or with ``auto`` the local backend, or a server whose model name is the
+        embedded model's (SmolLM2-135M served by vLLM gets the same defaults as in process)."""
+        if self.profile != "auto":
+            return self.profile == "small"
+        if self.backend == "local":
+            return True
+        name = (model_id or self.model or "").lower()
+        return any(m in name for m in SMALL_MODEL_MARKERS)
 
     def public_dict(self) -> dict[str, Any]:
         """Settings for logs and ``llm check`` (the API key masked)."""

@@ -35,7 +35,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from pydantic import BaseModel, ValidationError
 
 from llm.errors import LLMError, StructuredOutputError
-from llm.schemas import raw_output_text
+from llm.schemas import raw_output_text, was_truncated
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -120,8 +120,10 @@ class _Attempts(Generic[T]):
     """The bookkeeping shared by the sync and async loops: record usage, validate, build feedback."""
 
     def __init__(self, model: BaseChatModel, schema: type[T], messages: list[BaseMessage], max_attempts: int):
+        self.model = model
         self.schema = schema
         self.max_attempts = max_attempts
+        self.truncated = False
         self.record = CallRecord(model_id=model_id(model), schema=schema.__name__)
         self.history = list(messages)
         self.raws: list[str] = []
@@ -132,6 +134,7 @@ class _Attempts(Generic[T]):
         raw = out.get("raw")
         text = _raw_text(raw)
         self.raws.append(text)
+        self.truncated = was_truncated(raw)
         pt, ct = _usage(raw)
         self.record.prompt_tokens += pt
         self.record.completion_tokens += ct
@@ -146,8 +149,12 @@ class _Attempts(Generic[T]):
         return None
 
     def fail(self) -> StructuredOutputError:
+        hint = ""
+        if self.truncated:  # the last answer stopped at max_tokens: say what to change, and where
+            fn = getattr(self.model, "truncation_hint", None)
+            hint = fn() if callable(fn) else "the answer stopped at max_tokens: raise INTENTREC_LLM_MAX_TOKENS"
         return StructuredOutputError(model=self.record.model_id, schema=self.schema.__name__,
-                                     attempts=self.max_attempts, raw=self.raws, errors=self.record.errors)
+                                     attempts=self.max_attempts, raw=self.raws, errors=self.record.errors, hint=hint)
 
 
 def structured_call(

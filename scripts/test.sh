@@ -13,4 +13,9 @@ if ! command -v chromium >/dev/null; then
     { $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium; } \
         || echo "warning: could not install chromium; tests/test_browser.py will fail" >&2
 fi
+# tests/test_vllm.py runs the production backend for real: vLLM's CPU build in its own environment
+# (about 3 min and 3.5 GB the first time, then nothing). If it cannot be set up, the suite still runs
+# and those tests fail saying so; they never skip.
+.venv/bin/python app.py llm vllm setup \
+    || echo "warning: 'app.py llm vllm setup' failed; tests/test_vllm.py will fail" >&2
 exec .venv/bin/python -m pytest -q "$@"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -134,22 +133,3 @@ def closed_port() -> int:
     return port
 
 
-def free_port() -> int:
-    return closed_port()
-
-
-def wait_http(url: str, timeout_s: float, proc: Any = None) -> float:
-    """Poll ``url`` until it answers 200; returns seconds waited. Raises on timeout or process exit."""
-    import httpx
-
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited early with code {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return time.monotonic() - t0
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready after {timeout_s}s")

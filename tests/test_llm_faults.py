@@ -10,6 +10,7 @@ import asyncio
 import json
 import socket
 import time
+from typing import Any
 
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
@@ -28,9 +29,10 @@ from llm.errors import (
     StructuredOutputError,
 )
 from llm.factory import make_chat_model
-from llm.openai_compat import detected_methods, forget_detected_methods
+from llm.openai_compat import DEFAULT_CONCURRENCY, VLLM_CONCURRENCY, detected_methods, forget_detected_methods
 from llm.settings import LLMSettings
 from llm.structured import astructured_call, structured_call
+from llm.vllm_server import WHITESPACE_FLAG
 from tests.llm_fakes import RecordingServer, SilentServer, chat_completion, closed_port, model_list
 
 
@@ -131,6 +133,8 @@ def test_invalid_then_truncated_output_from_a_server():
                chat_completion('{"need": "baby wi', finish_reason="length")]
 
     def respond(path, req):
+        if path.endswith("/models"):
+            return 200, model_list("fake-model")
         return 200, answers.pop(0) if answers else chat_completion("{}")
 
     with RecordingServer(respond) as srv:
@@ -206,6 +210,67 @@ def test_vllm_sends_structured_outputs_extra_body():
     # the schema hint is appended to the last user message; the shared system prefix is untouched
     assert body["messages"][0] == {"role": "system", "content": "shared context"}
     assert body["messages"][-1]["content"].startswith("what is needed?\n\nAnswer with one JSON object")
+
+
+def vllm_like(chat: dict) -> Any:
+    """A responder answering like vLLM: its model list says ``owned_by: "vllm"``."""
+    def respond(path, req):
+        if path.endswith("/models"):
+            return 200, {"object": "list", "data": [{"id": "fake-model", "object": "model", "owned_by": "vllm"}]}
+        return 200, chat
+    return respond
+
+
+def test_vllm_is_detected_from_the_model_list_without_the_flag():
+    with RecordingServer(vllm_like(chat_completion(GOOD))) as srv:
+        model = make_chat_model(cfg(srv.base_url))  # structured_method auto, vllm unset
+        res = structured_call(model, Need, MSGS)
+        body = srv.chat_bodies()[0]
+        gets = [p for m, p, _ in srv.requests if m == "GET"]
+        assert model.server_kind() == "vllm" and model.max_in_flight() == VLLM_CONCURRENCY
+        structured_call(model, Need, MSGS)
+        assert [p for m, p, _ in srv.requests if m == "GET"] == gets  # read once per base URL
+    assert res.value.category == "baby" and gets == ["/v1/models"]
+    assert body["structured_outputs"] == {"json": Need.model_json_schema()}
+    assert "guided_json" not in body and "response_format" not in body and "tools" not in body
+
+
+def test_other_servers_keep_the_default_limit_and_an_explicit_limit_wins():
+    def respond(path, req):
+        if path.endswith("/models"):
+            return 200, model_list("fake-model")
+        return 200, chat_completion(GOOD)
+
+    with RecordingServer(respond) as srv:
+        plain = make_chat_model(cfg(srv.base_url))
+        assert plain.server_kind() == "openai-compatible" and plain.max_in_flight() == DEFAULT_CONCURRENCY
+        assert make_chat_model(cfg(srv.base_url, concurrency=3)).max_in_flight() == 3
+    with RecordingServer(vllm_like(chat_completion(GOOD))) as srv:
+        assert make_chat_model(cfg(srv.base_url, concurrency=2)).max_in_flight() == 2
+
+
+def test_vllm_answer_cut_off_at_max_tokens_names_the_whitespace_flag():
+    padded = '{"need": "baby wipes",' + "\n" * 40
+    with RecordingServer(vllm_like(chat_completion(padded, finish_reason="length"))) as srv:
+        model = make_chat_model(cfg(srv.base_url))
+        with pytest.raises(StructuredOutputError) as ei:
+            structured_call(model, Need, MSGS, max_attempts=2)
+    e = ei.value
+    assert "cut off at max_tokens" in e.errors[-1]
+    assert WHITESPACE_FLAG in str(e) and srv.base_url in str(e) and "'fake-model'" in str(e)
+    assert "max_tokens=50" in e.hint
+
+
+def test_answer_cut_off_elsewhere_says_to_raise_max_tokens_not_the_vllm_flag():
+    def respond(path, req):
+        if path.endswith("/models"):
+            return 200, model_list("fake-model")
+        return 200, chat_completion('{"need": "baby', finish_reason="length")
+
+    with RecordingServer(respond) as srv, pytest.raises(StructuredOutputError) as ei:
+        structured_call(make_chat_model(cfg(srv.base_url, structured_method="json_mode")), Need, MSGS,
+                        max_attempts=1)
+    assert "INTENTREC_LLM_MAX_TOKENS" in str(ei.value) and WHITESPACE_FLAG not in str(ei.value)
 
 
 def test_vllm_async_path_sends_the_same_body():

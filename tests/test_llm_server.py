@@ -14,14 +14,13 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import BaseModel, Field
 from typer.testing import CliRunner
 
-from core.processes import stop
+from core.processes import free_port, stop, wait_http
 from llm.errors import SchemaNotSupportedError, StructuredOutputError
 from llm.factory import make_chat_model
 from llm.local import default_gguf_path
 from llm.openai_compat import detected_methods
 from llm.settings import LLMSettings
 from llm.structured import astructured_call, structured_call
-from tests.llm_fakes import free_port, wait_http
 
 pytestmark = pytest.mark.llm
 
