@@ -8,6 +8,10 @@
   ``neighbors`` most similar items (RecBole's ItemKNN, k=100, no shrinkage); a user's score for item j
   is the summed similarity of j to the items in their history. Items the user already bought are
   excluded (the "log-fitting" explore model of the first calibration).
+* **TIFU-KNN** (Hu et al., KDD 2020): time-decayed basket vectors plus user kNN, the standard
+  next-basket baseline; the maths and the basket definition are in ``retrieval/repeat.py`` (the
+  retriever's repeat channel uses the same score). Its parameters come from
+  ``evals/tifu_tuning.py`` on a validation split before T.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from evals.protocol import Split
+from retrieval.repeat import BasketHistory, TifuParams, predict_scores, top_k_rows, user_vectors
 
 
 def popularity(split: Split, k: int) -> dict[str, list[str]]:
@@ -87,4 +92,22 @@ def item_knn(split: Split, k: int, *, neighbors: int = 100, chunk: int = 2048) -
             out[u] = [items[c] for c in cand[np.argsort(-row[cand], kind="stable")]]
     for u in split.users:
         out.setdefault(u, [])
+    return out
+
+
+def tifu_knn(split: Split, k: int, params: TifuParams | None = None, *,
+             history: BasketHistory | None = None) -> dict[str, list[str]]:
+    """TIFU-KNN lists for the evaluated users; the vectors and neighbours cover every user with
+    purchases before T (``history`` may be passed in to reuse its baskets)."""
+    p = params or TifuParams()
+    h = history or BasketHistory.from_behaviors(split.train, split.catalogue, basket=p.basket)
+    X = user_vectors(h, p)
+    code = {u: i for i, u in enumerate(h.user_ids)}
+    users = [u for u in split.users if u in code]
+    out: dict[str, list[str]] = {u: [] for u in split.users}
+    for s in range(0, len(users), 512):
+        batch = users[s:s + 512]
+        S = predict_scores(X, np.array([code[u] for u in batch], np.int64), p)
+        for u, idx in zip(batch, top_k_rows(S, k), strict=True):
+            out[u] = [h.item_ids[i] for i in idx]
     return out

@@ -50,6 +50,11 @@ def eval_retrieval(
     threads: int = typer.Option(None, "--threads", min=1, help="torch/faiss threads."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Retrain the towers even if a cached build exists."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
+    tune_tifu: bool = typer.Option(False, "--tune-tifu", help="Choose TIFU-KNN's parameters on the validation "
+                                   "split in this run (default: the TifuParams defaults chosen there before)."),
+    split_model: str = typer.Option(None, "--split-model", help="Channel split model JSON to serve with "
+                                    "(default: fitted on the validation split in this run)."),
+    methods: str = typer.Option(None, "--methods", help="Comma-separated subset of the methods (default: all)."),
 ) -> None:
     """Offline retrieval evaluation: baselines vs IntentRec variants on one temporal split."""
     import json
@@ -57,9 +62,15 @@ def eval_retrieval(
     from core.options import parse_date
     from core.paths import data_dir
     from evals.protocol import Protocol
-    from evals.retrieval_eval import render, run_retrieval_eval, write_report
+    from evals.retrieval_eval import METHODS, render, run_retrieval_eval, write_report
     from evals.sasrec import SASRecConfig
+    from retrieval.channel_split import ChannelSplit
     from retrieval.settings import RetrievalSettings
+
+    chosen = tuple(m.strip() for m in methods.split(",")) if methods else METHODS
+    unknown = sorted(set(chosen) - set(METHODS))
+    if unknown:
+        raise typer.BadParameter(f"unknown methods {unknown}; choose from {', '.join(METHODS)}", param_hint="--methods")
 
     if threads:
         import faiss
@@ -72,7 +83,8 @@ def eval_retrieval(
     settings = RetrievalSettings(**({"epochs": epochs} if epochs else {}), beta=beta, seed=seed, num_threads=threads)
     report = run_retrieval_eval(dataset, protocol=protocol, settings=settings,
                                 sasrec=SASRecConfig(epochs=sasrec_epochs, seed=seed), rebuild=rebuild,
-                                progress=not no_progress)
+                                progress=not no_progress, methods=chosen, tune_tifu=tune_tifu,
+                                split_model=ChannelSplit.load(split_model) if split_model else None)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in dataset)
     path = write_report(report, out or data_dir() / "evals" / f"retrieval-{safe}.json")
     if as_json:

@@ -16,7 +16,7 @@ cutoff, T defaults to the last ``window_days`` of the data.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -64,15 +64,28 @@ class Split:
     stats: dict = field(default_factory=dict)
 
 
-def make_split(dataset: Dataset, protocol: Protocol | None = None) -> Split:
+def resolve_cutoff(dataset: Dataset, protocol: Protocol | None = None) -> datetime:
+    """T: the protocol's cutoff, else the dataset's calibrated one, else the start of the last window."""
     p = protocol or Protocol()
     b = dataset.behaviors
     if b.height == 0:
         raise DataError(f"dataset {dataset.name!r} has no behaviours to evaluate")
+    return p.cutoff or CALIBRATED_CUTOFFS.get(dataset.name) or (b["ts"].max() - timedelta(days=p.window_days))
+
+
+def validation_protocol(dataset: Dataset, protocol: Protocol | None = None) -> Protocol:
+    """The protocol moved back one window (cutoff T − window): where parameters are chosen."""
+    p = protocol or Protocol()
+    return replace(p, cutoff=resolve_cutoff(dataset, p) - timedelta(days=p.window_days))
+
+
+def make_split(dataset: Dataset, protocol: Protocol | None = None) -> Split:
+    p = protocol or Protocol()
+    b = dataset.behaviors
+    cutoff = resolve_cutoff(dataset, p)
     targets = [t for t in p.target_behaviors if t in set(b["behavior"].unique().to_list())]
     if not targets:  # e.g. a dataset with ratings only: every type counts
         targets = sorted(b["behavior"].unique().to_list())
-    cutoff = p.cutoff or CALIBRATED_CUTOFFS.get(dataset.name) or (b["ts"].max() - timedelta(days=p.window_days))
     end = cutoff + timedelta(days=p.window_days)
     train = b.filter(pl.col("ts") < cutoff)
     tb = train.filter(pl.col("behavior").is_in(targets))

@@ -22,6 +22,7 @@ which fused IntentRec loses to SASRec or to personal top-frequency. Nothing here
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import time
@@ -33,29 +34,51 @@ import polars as pl
 
 from behavior.adapters import load_dataset
 from core.logging import get_logger
-from evals.baselines import item_knn, popularity, top_frequency
+from evals.baselines import item_knn, popularity, tifu_knn, top_frequency
+from evals.channel_split_fit import fit_channel_split
 from evals.metrics import evaluate_lists
-from evals.protocol import Protocol, Split, make_split
+from evals.protocol import Protocol, Split, make_split, validation_protocol
 from evals.sasrec import SASRecConfig, sasrec_recommend, train_sasrec
+from evals.tifu_tuning import tune
 from retrieval.catalogue import recent_tags_from_history
-from retrieval.service import Retriever, artifact_dir, load_or_build_retriever
+from retrieval.channel_split import ChannelSplit
+from retrieval.interests import InterestChannel
+from retrieval.repeat import TifuParams
+from retrieval.service import (
+    Retriever,
+    artifact_dir,
+    load_channel_split,
+    load_or_build_retriever,
+    load_repeat_scores,
+)
 from retrieval.settings import RetrievalSettings
 
 log = get_logger(__name__)
 
-METHODS = ("popularity", "top_frequency", "item_knn", "sasrec", "intentrec_collab", "intentrec_tag",
-           "intentrec_fused", "ablation_fused_sum", "ablation_fused_tag_repeats")
+METHODS = ("popularity", "top_frequency", "tifu_knn", "item_knn", "sasrec", "intentrec_collab", "intentrec_tag",
+           "intentrec_fused", "ablation_no_repeat_channel", "ablation_split_repeats_first", "ablation_fused_sum",
+           "ablation_fused_tag_repeats", "discovery_collab", "discovery_fused", "hisac", "ablation_hisac_hard",
+           "ablation_hisac_all_agents")
 LABELS = {
     "popularity": "popularity",
     "top_frequency": "personal top-frequency",
+    "tifu_knn": "TIFU-KNN",
     "item_knn": "item-kNN (seen excluded)",
     "sasrec": "SASRec",
-    "intentrec_collab": "IntentRec collab only (β=1)",
+    "intentrec_collab": "IntentRec user channel only (β=1, no repeat channel)",
     "intentrec_tag": "IntentRec tag only (β=0)",
-    "intentrec_fused": "IntentRec fused",
-    "ablation_fused_sum": "ablation: fused, summed scores (no quotas)",
-    "ablation_fused_tag_repeats": "ablation: fused, tag channel may repeat",
+    "intentrec_fused": "IntentRec fused (served: repeat channel + fused discovery)",
+    "ablation_no_repeat_channel": "ablation: fused user/tag channels only (no repeat channel)",
+    "ablation_split_repeats_first": "ablation: repeat channel, no split model (repeats first)",
+    "ablation_fused_sum": "ablation: no repeat channel, summed scores (no quotas)",
+    "ablation_fused_tag_repeats": "ablation: no repeat channel, tag channel may repeat",
+    "discovery_collab": "discovery: user tower, seen excluded (single vector)",
+    "discovery_fused": "discovery: fused user/tag, seen excluded",
+    "hisac": "discovery: HiSAC agents (voting, soft routing)",
+    "ablation_hisac_hard": "ablation: HiSAC, hard routing",
+    "ablation_hisac_all_agents": "ablation: HiSAC, no voting (all agents)",
 }
+DISCOVERY = ("discovery_collab", "discovery_fused", "hisac", "ablation_hisac_hard", "ablation_hisac_all_agents")
 
 
 def user_tags(split: Split, dataset, n: int = 10, level: str = "category") -> dict[str, list[str]]:
@@ -70,12 +93,13 @@ def user_tags(split: Split, dataset, n: int = 10, level: str = "category") -> di
 
 
 def intentrec_lists(retriever: Retriever, split: Split, tags: dict[str, list[str]], k: int, beta: float,
-                    chunk: int = 256) -> dict[str, list[str]]:
+                    chunk: int = 256, exclude_seen: bool = False) -> dict[str, list[str]]:
     users = [u for u in split.users if tags.get(u)]
     out: dict[str, list[str]] = {u: [] for u in split.users}
     for s in range(0, len(users), chunk):
         batch = users[s:s + chunk]
-        res = retriever.search_batch(batch, [tags[u] for u in batch], k, beta=beta)
+        excl = [set(split.train_counts[u]) for u in batch] if exclude_seen else None
+        res = retriever.search_batch(batch, [tags[u] for u in batch], k, beta=beta, exclude_items=excl)
         for u, r in zip(batch, res, strict=True):
             out[u] = [c.item_id for c in r.candidates]
     return out
@@ -113,34 +137,81 @@ def _numpy_topk(q: np.ndarray, V: np.ndarray, k: int, chunk: int = 512) -> np.nd
     return np.concatenate(out)
 
 
+def hisac_stats(channel: InterestChannel, split: Split, n_examples: int = 3) -> dict:
+    """Agents per user and the compression ratio (purchase events before T ÷ agents), voting on."""
+    n_agents, n_events = [], []
+    for u in split.users:
+        n_agents.append(len(channel.agents(u)))
+        n_events.append(sum(split.train_counts[u].values()))
+    mean_agents = float(np.mean(n_agents)) if n_agents else 0.0
+    return {"levels": list(channel.sids.levels), "agents_per_user": round(mean_agents, 3),
+            "history_events_per_user": round(float(np.mean(n_events)), 1) if n_events else 0.0,
+            "compression_ratio": round(float(np.mean(n_events)) / mean_agents, 1) if mean_agents else None,
+            "max_agents": channel.max_agents, "top_parents": channel.top_parents,
+            "top_children": channel.top_children, "temperature": channel.temperature,
+            "example_agents": {u: [vars(a) for a in channel.describe(u)] for u in split.users[:n_examples]}}
+
+
 def _fmt(v) -> str:
     return "–" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def honest_notes(results: dict[str, dict], ks) -> tuple[dict, list[str]]:
-    fused, collab = results["intentrec_fused"], results["intentrec_collab"]
+def paired_counts(a: dict[str, list[str]], b: dict[str, list[str]], split: Split, k: int,
+                  part: str = "all") -> dict[str, int]:
+    """Users on which method a's Recall@k beats, loses to or ties method b's (users with a non-empty ``part``)."""
+    from evals.metrics import recall_at_k
+
+    out = {"wins": 0, "losses": 0, "ties": 0}
+    for u in split.users:
+        rel = split.relevant[u][part]
+        if not rel:
+            continue
+        ra, rb = recall_at_k(a.get(u, []), rel, k), recall_at_k(b.get(u, []), rel, k)
+        out["wins" if ra > rb else "losses" if ra < rb else "ties"] += 1
+    return out
+
+
+def honest_notes(results: dict[str, dict], lists: dict | None = None, split: Split | None = None) -> tuple[dict, list[str]]:
+    """The issue's must-show checks as booleans, with every number behind them in the notes, and the
+    accuracy figures on which the served list loses to TIFU-KNN or personal top-frequency."""
+    f, t, tf = results["intentrec_fused"], results["tifu_knn"], results["top_frequency"]
+    disc = {m: results[m]["recall@50/explore"] for m in DISCOVERY if m in results}
+    best_disc = max(disc, key=disc.get) if disc else None
+    knn = results.get("item_knn", {}).get("recall@50/explore")
     checks = {
-        "fused_recall@50_>=_popularity": fused["recall@50/all"] >= results["popularity"]["recall@50/all"],
-        "fused_recall@50_>=_item_knn": fused["recall@50/all"] >= results["item_knn"]["recall@50/all"],
-        "fused_beats_collab_explore_recall@50": fused["recall@50/explore"] > collab["recall@50/explore"],
-        "fused_beats_collab_tail@50": fused["tail@50"] > collab["tail@50"],
+        "fused_recall@50_>=_tifu_knn": f["recall@50/all"] >= t["recall@50/all"],
+        "fused_recall@50_>=_top_frequency": f["recall@50/all"] >= tf["recall@50/all"],
+        "fused_ndcg@10_>=_tifu_knn": f["ndcg@10/all"] >= t["ndcg@10/all"],
+        "fused_explore_recall@50_>=_3x_tifu_knn": f["recall@50/explore"] >= 3 * t["recall@50/explore"],
+        "fused_tail@50_>_tifu_knn": f["tail@50"] > t["tail@50"],
     }
-    notes = []
-    for ref in ("sasrec", "top_frequency"):
-        losses = []
-        for key, v in fused.items():
-            r = results[ref].get(key)
-            if v is None or r is None:
-                continue
-            if key.startswith("tail") or key.startswith("diversity") or key.startswith("coverage"):
-                continue  # not accuracy figures: higher is not simply "better"
-            if v < r:
-                losses.append(f"{key} {v:.4f} < {r:.4f}")
-        if losses:
-            notes.append(f"Fused IntentRec loses to {LABELS[ref]} on {len(losses)} accuracy figures: "
-                         + "; ".join(losses))
-        else:
-            notes.append(f"Fused IntentRec is at least {LABELS[ref]} on every accuracy figure.")
+    if best_disc and knn is not None:
+        checks["best_discovery_explore_recall@50_>=_item_knn"] = disc[best_disc] >= knn
+    notes = [
+        f"Recall@50/all: fused {f['recall@50/all']:.4f}, TIFU-KNN {t['recall@50/all']:.4f}, "
+        f"top-frequency {tf['recall@50/all']:.4f}; NDCG@10/all: fused {f['ndcg@10/all']:.4f}, "
+        f"TIFU-KNN {t['ndcg@10/all']:.4f}",
+        f"Recall@50/explore: fused {f['recall@50/explore']:.4f} = "
+        f"{f['recall@50/explore'] / max(t['recall@50/explore'], 1e-12):.1f}x TIFU-KNN's {t['recall@50/explore']:.4f}; "
+        f"tail@50 fused {f['tail@50']:.4f} vs TIFU-KNN {t['tail@50']:.4f}",
+    ]
+    if best_disc and knn is not None:
+        notes.append(f"Best discovery channel: {LABELS[best_disc]} Recall@50/explore {disc[best_disc]:.4f} vs "
+                     f"item-kNN {knn:.4f}")
+    if lists is not None and split is not None:
+        for ref in ("tifu_knn", "top_frequency"):
+            for part in ("all", "explore"):
+                pc = paired_counts(lists["intentrec_fused"][50], lists[ref][50], split, 50, part)
+                notes.append(f"Paired Recall@50/{part}, fused vs {LABELS[ref]}: better for {pc['wins']} users, "
+                             f"worse for {pc['losses']}, tied for {pc['ties']}")
+    for ref in ("tifu_knn", "top_frequency", "sasrec"):
+        if ref not in results:
+            continue
+        losses = [f"{key} {v:.4f} < {results[ref][key]:.4f}" for key, v in f.items()
+                  if key.split("@")[0] in ("recall", "ndcg", "hit") and v is not None
+                  and results[ref].get(key) is not None and v < results[ref][key]]
+        notes.append(f"Fused loses to {LABELS[ref]} on {len(losses)} accuracy figures" +
+                     (": " + "; ".join(losses) if losses else ""))
     for name, ok in checks.items():
         if not ok:
             notes.append(f"Must-show check FAILED: {name}")
@@ -150,7 +221,12 @@ def honest_notes(results: dict[str, dict], ks) -> tuple[dict, list[str]]:
 def run_retrieval_eval(dataset: str = "completejourney", *, protocol: Protocol | None = None,
                        settings: RetrievalSettings | None = None, sasrec: SASRecConfig | None = None,
                        n_recent_tags: int = 10, rebuild: bool = False, progress: bool = True,
-                       methods: tuple[str, ...] = METHODS, root: Path | None = None) -> dict:
+                       methods: tuple[str, ...] = METHODS, root: Path | None = None, tifu: TifuParams | None = None,
+                       tune_tifu: bool = False, split_model: ChannelSplit | None = None) -> dict:
+    """Every method on one split. TIFU-KNN's parameters (also the repeat channel's) are ``tifu``, else
+    chosen on the validation split in this run with ``tune_tifu``, else ``TifuParams()`` (chosen there
+    before). The channel split model is ``split_model``, else fitted on the validation split in this run
+    (towers built as of the validation cutoff, cached like any build)."""
     t_run = time.perf_counter()
     protocol = protocol or Protocol()
     ds = load_dataset(dataset)
@@ -167,12 +243,23 @@ def run_retrieval_eval(dataset: str = "completejourney", *, protocol: Protocol |
         timings[name] = round(time.perf_counter() - t0, 2)
         return r
 
+    tifu_source = "given" if tifu else "TifuParams() defaults (chosen by evals/tifu_tuning.py on validation)"
+    if tifu is None and tune_tifu:
+        tuned = timed("tifu_tuning", lambda: tune(make_split(ds, validation_protocol(ds, protocol)), log=log.info))
+        tifu, tifu_source = TifuParams(**tuned["best"]), f"tuned in this run on {tuned['validation_cutoff'][:10]}"
+        extra["tifu_tuning"] = {k: v for k, v in tuned.items() if k != "rows"}
+    tifu = tifu or TifuParams()
+    extra["tifu"] = {"params": tifu.as_dict(), "source": tifu_source}
+
     if "popularity" in methods:
         r = timed("popularity", lambda: popularity(split, kmax))
         lists["popularity"] = {k: r for k in ks}
     if "top_frequency" in methods:
         r = timed("top_frequency", lambda: top_frequency(split, kmax))
         lists["top_frequency"] = {k: r for k in ks}
+    if "tifu_knn" in methods:
+        r = timed("tifu_knn", lambda: tifu_knn(split, kmax, tifu))
+        lists["tifu_knn"] = {k: r for k in ks}
     if "item_knn" in methods:
         r = timed("item_knn", lambda: item_knn(split, kmax))
         lists["item_knn"] = {k: r for k in ks}
@@ -186,30 +273,65 @@ def run_retrieval_eval(dataset: str = "completejourney", *, protocol: Protocol |
     base = settings or RetrievalSettings()
     settings = base.model_copy(update={"cutoff": split.cutoff})
     b = settings.beta
-    # name -> (beta, serving overrides)
-    variants = {"intentrec_collab": (1.0, {}), "intentrec_tag": (0.0, {}), "intentrec_fused": (b, {}),
-                "ablation_fused_sum": (b, {"merge": "sum"}),
-                "ablation_fused_tag_repeats": (b, {"tag_new_items_only": False})}
+    no_rep = {"repeat_channel": False}
+    # name -> (beta, serving overrides, exclude the user's bought items)
+    variants = {"intentrec_collab": (1.0, no_rep, False), "intentrec_tag": (0.0, no_rep, False),
+                "intentrec_fused": (b, {}, False), "ablation_no_repeat_channel": (b, no_rep, False),
+                "ablation_split_repeats_first": (b, {}, False),
+                "ablation_fused_sum": (b, no_rep | {"merge": "sum"}, False),
+                "ablation_fused_tag_repeats": (b, no_rep | {"tag_new_items_only": False}, False),
+                "discovery_collab": (1.0, no_rep, True), "discovery_fused": (b, no_rep, True)}
+    hisac_variants = {"hisac": ("soft", True), "ablation_hisac_hard": ("hard", True),
+                      "ablation_hisac_all_agents": ("soft", False)}
     retriever = None
-    if any(m in methods for m in variants):
+    if any(m in methods for m in (*variants, *hisac_variants)):
         directory = artifact_dir(ds, settings, root)
         built_now = rebuild or not (directory / "config.json").exists()
         retriever = timed("intentrec_build_or_load",
                           lambda: load_or_build_retriever(ds, settings, progress, root=root, rebuild=rebuild))
+        retriever.repeat = timed("repeat_scores", lambda: load_repeat_scores(
+            retriever.directory, ds, retriever.settings, retriever.config, retriever.item_ids, params=tifu))
         tags = timed("user_tags", lambda: user_tags(split, ds, n_recent_tags))
-        for name, (beta, overrides) in variants.items():
+        split_source = "given"
+        if split_model is None and ("intentrec_fused" in methods):
+            split_model, fit_info = timed("channel_split_fit", lambda: fit_channel_split(
+                ds, protocol=protocol, settings=base, tifu=tifu, progress=progress, root=root))
+            split_source = "fitted in this run on the validation split"
+            extra["channel_split"] = fit_info
+        retriever.split = split_model or load_channel_split(retriever.settings)
+        extra["channel_split_model"] = retriever.split.as_dict()
+        extra["channel_split_source"] = split_source if split_model else "packaged default"
+        fixed = ChannelSplit.fallback(retriever.split.min_discovery_share)
+        for name, (beta, overrides, excl) in variants.items():
             if name not in methods:
                 continue
             t0 = time.perf_counter()
-            r_v = retriever.with_serving(**overrides) if overrides else retriever
-            lists[name] = {k: intentrec_lists(r_v, split, tags, k, beta) for k in ks}
+            r_v = retriever.with_serving(**overrides) if overrides else copy.copy(retriever)
+            if name == "ablation_split_repeats_first":
+                r_v.split = fixed
+            lists[name] = {k: intentrec_lists(r_v, split, tags, k, beta, exclude_seen=excl) for k in ks}
             timings[name] = round(time.perf_counter() - t0, 2)
+        if any(m in methods for m in hisac_variants):
+            channel = timed("hisac_semantic_ids", lambda: InterestChannel(retriever))
+            for name, (routing, voting) in hisac_variants.items():
+                if name not in methods:
+                    continue
+                t0 = time.perf_counter()
+                res = {u: channel.search(u, kmax, routing=routing, voting=voting) for u in split.users}
+                lists[name] = {k: {u: [c.item_id for c in r.candidates] for u, r in res.items()} for k in ks}
+                timings[name] = round(time.perf_counter() - t0, 2)
+            extra["hisac"] = hisac_stats(channel, split)
         extra["intentrec"] = {"directory_key": directory.name, "built_in_this_run": built_now,
                               "train": retriever.config["train"], "build_seconds": retriever.config["build_seconds"],
                               "n_recent_tags": n_recent_tags,
                               "example_tags": {u: tags.get(u, []) for u in split.users[:3]},
                               "text_embedding_seconds": retriever.config.get("text_embedding_seconds"),
                               "n_item_texts": retriever.config.get("n_item_texts")}
+        if "intentrec_fused" in lists:
+            fl = lists["intentrec_fused"]
+            extra["served_split"] = {f"repeat_share@{k}": round(float(np.mean(
+                [sum(i in split.train_counts[u] for i in fl[k][u]) / max(len(fl[k][u]), 1) for u in split.users])), 4)
+                for k in ks}
 
     results: dict[str, dict] = {}
     for name in (m for m in METHODS if m in lists):
@@ -226,16 +348,15 @@ def run_retrieval_eval(dataset: str = "completejourney", *, protocol: Protocol |
         speed["train_samples_per_s_built_in_this_run"] = extra["intentrec"]["built_in_this_run"]
         speed["train_threads"] = settings.num_threads or "torch default"
     checks, notes = ({}, [])
-    if all(m in results for m in ("intentrec_fused", "intentrec_collab", "popularity", "item_knn",
-                                  "sasrec", "top_frequency")):
-        checks, notes = honest_notes(results, ks)
+    if all(m in results for m in ("intentrec_fused", "tifu_knn", "top_frequency")):
+        checks, notes = honest_notes(results, lists if 50 in ks else None, split if 50 in ks else None)
     import faiss
     import torch
     return {
         "dataset": dataset,
         "protocol": protocol.as_dict() | {"cutoff_used": split.cutoff.isoformat(), "test_end": split.end.isoformat()},
         "split": split.stats,
-        "seeds": {"protocol": protocol.seed, "towers": settings.seed,
+        "seeds": {"protocol": protocol.seed, "towers": settings.seed, "semantic_ids": settings.seed,
                   "sasrec": extra.get("sasrec", {}).get("config", {}).get("seed")},
         "retrieval_settings": settings.model_dump(mode="json"),
         "methods": {m: LABELS[m] for m in results},
@@ -280,6 +401,17 @@ def render(report: dict, console=None) -> None:
                       f"{sp['numpy_qps']:.0f} QPS ({sp['queries']} queries, {sp['n_items']} items, dim {sp['dim']}, "
                       f"overlap {sp['top_k_overlap']:.3f}); tower training {sp['train_samples_per_s']:.0f} samples/s"
                       + ("" if sp.get("train_samples_per_s_built_in_this_run") else " (from the cached build)"))
+    d = report.get("details", {})
+    if "tifu" in d:
+        console.print(f"[bold]TIFU-KNN / repeat channel[/]: {d['tifu']['params']} ({d['tifu']['source']})")
+    if "served_split" in d:
+        console.print(f"[bold]Served list[/]: share of repeats {d['served_split']}; channel split model: "
+                      f"{d.get('channel_split_source')}")
+    if "hisac" in d:
+        h = d["hisac"]
+        console.print(f"[bold]HiSAC[/]: levels {h['levels']}, {h['agents_per_user']:.2f} agents per user, "
+                      f"{h['history_events_per_user']:.0f} purchase events per user: compression ratio "
+                      f"{h['compression_ratio']}")
     for name, ok in report.get("checks", {}).items():
         console.print(f"  {'[green]PASS[/]' if ok else '[red]FAIL[/]'} {name}")
     for n in report.get("notes", []):

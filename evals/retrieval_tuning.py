@@ -19,11 +19,10 @@ import argparse
 import itertools
 import json
 import time
-from datetime import timedelta
 
 from behavior.adapters import load_dataset
 from evals.metrics import evaluate_lists
-from evals.protocol import CALIBRATED_CUTOFFS, Protocol, make_split
+from evals.protocol import make_split, validation_protocol
 from evals.retrieval_eval import intentrec_lists, user_tags
 from retrieval.service import load_or_build_retriever
 from retrieval.settings import RetrievalSettings
@@ -41,8 +40,7 @@ def _quota(mode: str, k: int, beta: float, n_tags: int) -> int | None:
 def run(dataset: str = "completejourney", epochs: int = 1, k: int = 50, beta: float = 0.6, threads: int | None = 1,
         build_values: dict | None = None) -> dict:
     ds = load_dataset(dataset)
-    t_test = CALIBRATED_CUTOFFS.get(dataset) or ds.behaviors["ts"].max() - timedelta(days=28)
-    split = make_split(ds, Protocol(cutoff=t_test - timedelta(days=28)))
+    split = make_split(ds, validation_protocol(ds))
     tags = {n: user_tags(split, ds, n) for n in SERVING_GRID["n_tags"]}
     rows = []
     for build in itertools.product(*(build_values or BUILD_GRID).values()):
@@ -76,8 +74,7 @@ def sasrec_epochs(dataset: str = "completejourney", max_epochs: int = 12, k: int
     from evals.sasrec import SASRecConfig, sasrec_recommend, train_sasrec
 
     ds = load_dataset(dataset)
-    t_test = CALIBRATED_CUTOFFS.get(dataset) or ds.behaviors["ts"].max() - timedelta(days=28)
-    split = make_split(ds, Protocol(cutoff=t_test - timedelta(days=28)))
+    split = make_split(ds, validation_protocol(ds))
 
     def on_epoch(model, seqs, ep):
         m = evaluate_lists(sasrec_recommend(model, seqs, split, k), split.relevant, [k], split.category_of,

@@ -70,7 +70,10 @@ def _default_counter() -> Callable[[str], int]:
 
 
 def prepare_user(dataset: Dataset, user_id: str, ctx: Context, *,
-                 count_tokens: Callable[[str], int] | None = None) -> PreparedContext:
+                 count_tokens: Callable[[str], int] | None = None,
+                 interests: Callable[..., list[str]] | None = None) -> PreparedContext:
+    """``interests(user_id, now)`` (the retriever's HiSAC agents in words, when it has them) adds the
+    user's interest agents to the SUMMARY, each fenced, as persona evidence for the planner."""
     now = ctx.env.now
     hist = dataset.history_with_items(user_id, before=now)
     counter = count_tokens or _default_counter()
@@ -83,13 +86,16 @@ def prepare_user(dataset: Dataset, user_id: str, ctx: Context, *,
     behaviours = ", ".join(f"{fence_untrusted(b, 30)}: {n}" for b, n in summary.behavior_counts.items())
     summary_text = (f"{st.events_total} events ({behaviours}) from {summary.first_date} to {summary.last_date}; "
                     f"top categories: {fenced_top}.")
+    agents = interests(user_id, now) if interests is not None else []
+    if agents:
+        summary_text += " Interest agents: " + "; ".join(fence_untrusted(a, 80) for a in agents[:4]) + "."
     recent = sorted({rp.label for rp in summary.recent_purchases if rp.days_ago <= ctx.recent_days})
     user = dataset.user(user_id)
     shared = ctx.prompts.get("shared_context").render(
         history=comp.text, summary=summary_text, user_attributes=user.attributes, environment=ctx.env.describe(),
     )[0].content
     evidence = f"often buys {top}" if top else ""
-    stats = {"raw_tokens": st.raw_tokens, "compressed_tokens": st.compressed_tokens,
+    stats = {"interest_agents": len(agents), "raw_tokens": st.raw_tokens, "compressed_tokens": st.compressed_tokens,
              "within_budget": st.within_budget, "items_total": st.distinct_items_kept,
              "items_retained": st.distinct_items_retained}
     vocab = tag_vocabulary(dataset, [c.category for c in summary.top_categories[:10]], exclude=set(recent))

@@ -117,12 +117,15 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
 
         judge_graph = build_judge_graph()
     brands = _brand_terms(dataset)
+    # the retriever's HiSAC interest agents, when it has them, are persona evidence in the shared context
+    interests = getattr(retriever, "interest_evidence", None)
 
     # ----- nodes --------------------------------------------------------------------------------
     @_node("prepare")
     def prepare(state: State, runtime: Runtime[Context]) -> dict:
         ctx = runtime.context
-        prepared = preparer(dataset, state["user_id"], ctx, count_tokens=count_tokens)
+        extra = {"interests": interests} if interests is not None else {}
+        prepared = preparer(dataset, state["user_id"], ctx, count_tokens=count_tokens, **extra)
         return {
             "run_id": state.get("run_id") or uuid.uuid4().hex,
             "status": "running",

@@ -12,18 +12,23 @@ Item attributes (each a small vocabulary, code 0 = missing):
   the category path. On completejourney that picks ``manufacturer_id`` and ``package_size``, which
   let the towers generalise to unseen items of a product line the user already buys.
 
-**Item text** is deliberately short: ``"<leaf> (<category>)"``, e.g. ``"Premium (Ice Cream/Milk/Sherbts)"``.
-On completejourney that is 3,903 distinct strings for 92k items, so MiniLM runs once over ~4k texts
-(seconds) instead of 92k titles (~15 minutes on 2 cores). Package sizes and brands, which make titles
-distinct, carry little meaning for the text model and are covered by the id and attribute embeddings.
-``RetrievalSettings.item_text = "title"`` switches to titles for small catalogues (e.g. MovieLens).
+**Item text** comes from the category path or from the titles, chosen from the data by
+:func:`choose_text_source` (``RetrievalSettings.item_text = "auto"``; ``"path"`` / ``"title"`` force one).
+The path text is short, ``"<leaf> (<category>)"``, e.g. ``"Premium (Ice Cream/Milk/Sherbts)"``: on
+completejourney 3,863 distinct strings for 92k items (~24 items per text, product types as leaves),
+so MiniLM runs over ~4k texts instead of 17k distinct titles, which add little ("Kids Cereal, 14.5
+oz"). A coarse path (``department > aisle``: hundreds of items per text) names no product, so there the
+titles are the item texts. The resolved choice is ``Catalogue.text_source``. An item with no path text
+falls back to its title, and a catalogue with neither titles nor categories is a ``DataError``.
 
 **Bootstrap tags** follow RecGPT's "modifier + core word" form, built from the category path. Each item
 gets two: a fine tag where the leaf is the modifier and the category the core word, with words the
 leaf already says dropped from the core ("Premium" + "Ice Cream/Milk/Sherbts" →
 ``"premium ice cream/milk/sherbts"``; "Frozen Pizza" + "Frozen" → ``"frozen pizza"``), and a coarse
 tag, the category name ("cold cereal", "bag snacks"), which on grocery data is itself usually a
-modifier + core word. Training on both teaches the tag tower specific and broad intents. LLM tags
+modifier + core word. Training on both teaches the tag tower specific and broad intents. When the
+item texts are titles, or an item has no category at all, the item also gets a title tag
+(:func:`title_tag`: "Organic Baby Spinach, 5 oz" → ``"organic baby spinach"``), first. LLM tags
 from logged runs are added per item by :func:`load_llm_tag_pairs` (JSONL with ``tag`` and ``item_id``).
 
 The evaluation's tag-only variant (and a fallback for the graph) uses :func:`recent_category_tags`:
@@ -40,6 +45,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -48,7 +54,15 @@ from behavior.schema import Dataset
 from core.errors import DataError, EmptyHistoryError, UnknownUserError
 
 ATTRIBUTES = ("top", "category", "leaf", "brand", "price")
+TEXT_SOURCES = ("auto", "path", "title")
+#: "auto" uses titles when the path is this coarse (items per distinct path text); see choose_text_source
+COARSE_ITEMS_PER_PATH_TEXT = 50
+#: ... and at least this share of items has a title of its own (distinct titles / items)
+MIN_DISTINCT_TITLE_SHARE = 0.5
+#: words kept in a title tag
+TITLE_TAG_WORDS = 5
 _WORD = re.compile(r"[a-z0-9]+")
+_TITLE_CUT = re.compile(r"[,;(\[|]| - ")
 
 
 def _norm_space(s: str) -> str:
@@ -82,12 +96,42 @@ def item_tags(leaf: str | None, category: str | None) -> list[str]:
     return out
 
 
+def title_tag(title: str | None) -> str:
+    """Short lower-case phrase of a title: the part before the first ``,;([|`` or `` - ``, without
+    words holding digits (sizes, years), at most ``TITLE_TAG_WORDS`` words ("Toy Story (1995)" →
+    ``"toy story"``); "" when nothing is left."""
+    head = _TITLE_CUT.split((title or "").lower(), maxsplit=1)[0]
+    words = [w for w in (w.strip(".:'\"!?*/&-") for w in head.split()) if w and not any(c.isdigit() for c in w)]
+    return " ".join(words[:TITLE_TAG_WORDS])
+
+
 def item_text(leaf: str | None, category: str | None) -> str:
+    """Path text of an item: ``"<leaf> (<category>)"``, or whichever of the two exists ("" if none)."""
     leaf = _norm_space(leaf or "")
     category = _norm_space(category or "")
     if leaf and category and leaf.lower() != category.lower():
         return f"{leaf} ({category})"
-    return leaf or category or "unknown item"
+    return leaf or category
+
+
+def choose_text_source(path_texts: list[str], titles: list[str]) -> Literal["path", "title"]:
+    """The item-text source ``item_text="auto"`` resolves to: ``"title"`` or ``"path"``.
+
+    Titles when the path is coarse, i.e. at least ``COARSE_ITEMS_PER_PATH_TEXT`` (50) items per
+    distinct path text, or a single path text (or none) for the whole catalogue, *and* at least
+    ``MIN_DISTINCT_TITLE_SHARE`` (half) of the items have a distinct non-blank title; the path text
+    otherwise. Why: a coarse path text (an aisle, "packaged vegetables fruits") is the same for
+    hundreds of items, so the text model cannot tell them apart and a specific tag ("organic baby
+    spinach") cannot find its item, while real titles can. A fine path (completejourney: product types
+    as leaves, 23.9 items per text) already names the product and is cheaper to embed (3,863 texts
+    against 17,434 distinct titles, which there are product type + size, 19% distinct), so it stays;
+    the threshold leaves a 2x margin above it. MovieLens (genre paths, 64.5 movies per text, distinct
+    titles) resolves to titles."""
+    n = len(path_texts)
+    distinct_paths = len({t for t in path_texts if t})
+    coarse = distinct_paths <= 1 or n / distinct_paths >= COARSE_ITEMS_PER_PATH_TEXT
+    distinct_titles = len({t for t in titles if t})
+    return "title" if n and coarse and distinct_titles >= MIN_DISTINCT_TITLE_SHARE * n else "path"
 
 
 def _codes(values: list[str | None]) -> tuple[np.ndarray, list[str]]:
@@ -107,7 +151,8 @@ class Catalogue:
     attr_sizes: dict[str, int]  # attribute name -> vocabulary size incl. the missing code (ATTRIBUTES first)
     texts: list[str]  # distinct item texts
     text_index: np.ndarray  # (n_items,) int64 into ``texts``
-    tags: list[list[str]]  # per item: fine bootstrap tag, coarse category tag, then LLM tags
+    tags: list[list[str]]  # per item: [title tag,] fine bootstrap tag, coarse category tag, then LLM tags
+    text_source: str = "path"  # what the item texts are: "path" or "title" ("auto" resolved)
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -120,7 +165,14 @@ class Catalogue:
         return {s: i for i, s in enumerate(self.item_ids)}
 
 
-def build_catalogue(items: pl.DataFrame, *, text_source: str = "path") -> Catalogue:
+def build_catalogue(items: pl.DataFrame, *, text_source: str = "auto") -> Catalogue:
+    """Features, texts and bootstrap tags of ``items`` (see the module docstring). ``text_source``:
+    ``"auto"`` (:func:`choose_text_source`), ``"path"`` or ``"title"``. Raises :class:`DataError` for an
+    empty catalogue or one without any title or category."""
+    if text_source not in TEXT_SOURCES:
+        raise ValueError(f"text_source must be one of {TEXT_SOURCES}, not {text_source!r}")
+    if items.height == 0:
+        raise DataError("the catalogue has no items to index")
     items = items.sort("item_id")
     paths = [[p.strip() for p in (cp or "").split(" > ") if p.strip()] for cp in items["category_path"].to_list()]
     cats = [c or "" for c in items["category"].fill_null("").to_list()]
@@ -145,17 +197,25 @@ def build_catalogue(items: pl.DataFrame, *, text_source: str = "path") -> Catalo
         cols[f"attr:{key}"], vocab = _codes([str(f[key]) if f.get(key) not in (None, "") else None for f in free])
         sizes[f"attr:{key}"] = len(vocab) + 1
     attr = np.stack([cols[a] for a in sizes], axis=1)
-    titles = items["title"].fill_null("").to_list()
-    if text_source == "title":
-        per_item = [_norm_space(t) or item_text(lf, c) for t, lf, c in zip(titles, leaves, cats, strict=True)]
-    else:
-        per_item = [item_text(lf, c) for lf, c in zip(leaves, cats, strict=True)]
+    titles = [_norm_space(t) for t in items["title"].fill_null("").to_list()]
+    path_texts = [item_text(lf, c) for lf, c in zip(leaves, cats, strict=True)]
+    if not any(titles) and not any(path_texts):
+        raise DataError(f"the catalogue has no item text: all {len(titles)} items have an empty title, "
+                        "category and category_path; fill at least the 'title' or 'category' column of the items")
+    if text_source == "auto":
+        text_source = choose_text_source(path_texts, titles)
+    use_titles = text_source == "title"
+    per_item = [(t if use_titles else "") or p or t or "unknown item" for t, p in zip(titles, path_texts, strict=True)]
     texts = sorted(set(per_item))
     tindex = {t: i for i, t in enumerate(texts)}
     text_idx = np.fromiter((tindex[t] for t in per_item), dtype=np.int64, count=len(per_item))
-    tags = [item_tags(lf, c) for lf, c in zip(leaves, cats, strict=True)]
+    tags = []
+    for t, lf, c in zip(titles, leaves, cats, strict=True):
+        ts = item_tags(lf, c)
+        tt = title_tag(t) if (use_titles or not ts) else ""
+        tags.append([tt, *(x for x in ts if x != tt)] if tt else ts)
     return Catalogue(item_ids=items["item_id"].to_list(), titles=titles, categories=cats, attr_codes=attr,
-                     attr_sizes=sizes, texts=texts, text_index=text_idx, tags=tags)
+                     attr_sizes=sizes, texts=texts, text_index=text_idx, tags=tags, text_source=text_source)
 
 
 def free_attribute_keys(free: list[dict], path_levels: dict[str, list[str | None]], *, max_keys: int = 4) -> list[str]:

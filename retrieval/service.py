@@ -41,6 +41,7 @@ embeddings, so serving them needs no model load), ``items.faiss`` + ``items.fais
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import re
@@ -62,9 +63,12 @@ from core.errors import DataError
 from core.logging import get_logger
 from core.paths import data_dir
 from retrieval.catalogue import add_tag_pairs, build_catalogue, load_llm_tag_pairs
+from retrieval.channel_split import DEFAULT_PATH as DEFAULT_SPLIT_PATH
+from retrieval.channel_split import ChannelSplit
 from retrieval.data import build_interactions
 from retrieval.errors import CorruptIndexError, EmptyTagsError, IndexMismatchError, RetrievalInputError
 from retrieval.index import ItemIndex, sha256_file
+from retrieval.repeat import RepeatScores, TifuParams
 from retrieval.settings import SERVING_FIELDS, RetrievalSettings
 from retrieval.text_encoder import TextEncoder
 from retrieval.towers import TagTower
@@ -72,7 +76,8 @@ from retrieval.train import TagTable, item_vectors, train_towers, user_vectors
 
 log = get_logger(__name__)
 
-Source = Literal["user", "tag"]
+Source = Literal["user", "tag", "repeat", "interest"]
+Channel = Literal["repeat", "discovery", "fused"]
 
 
 class Candidate(BaseModel):
@@ -84,6 +89,9 @@ class Candidate(BaseModel):
     tag_score: float | None = Field(None, description="raw tag-tower cosine of the best-matching tag")
     tags: list[str] = Field(default_factory=list, description="tags whose channel retrieved the item")
     sources: list[Source] = Field(default_factory=list, description="channels that retrieved the item")
+    channel: Channel = Field("fused", description="repeat-aware serving: 'repeat' (bought before, TIFU-KNN "
+                             "score) or 'discovery' (never bought, fused user/tag score); 'fused' without it")
+    probability: float | None = Field(None, description="the channel split model's purchase probability")
 
 
 class SearchResult(BaseModel):
@@ -229,8 +237,12 @@ class Retriever:
     def __init__(self, *, index: ItemIndex, user_ids: list[str], user_vecs: np.ndarray, tag_tower: TagTower,
                  encoder: TextEncoder, titles: list[str], categories: list[str], settings: RetrievalSettings,
                  config: dict, directory: Path | None = None, user_item_ptr: np.ndarray | None = None,
-                 user_item_idx: np.ndarray | None = None):
+                 user_item_idx: np.ndarray | None = None, repeat: RepeatScores | None = None,
+                 split: ChannelSplit | None = None):
         self.index = index
+        self._interests = None
+        self.repeat = repeat
+        self.split = split
         self.settings = settings
         self.config = config
         self.directory = directory
@@ -255,6 +267,8 @@ class Retriever:
             raise RetrievalInputError(f"only serving settings can change without a rebuild, not {sorted(bad)}")
         other = copy.copy(self)
         other.settings = RetrievalSettings.model_validate(self.settings.model_dump() | updates)
+        if "channel_split_path" in updates:
+            other.split = load_channel_split(other.settings)
         return other
 
     # ----- properties ------------------------------------------------------------------------------
@@ -280,6 +294,21 @@ class Retriever:
             return np.zeros(0, dtype=np.int64)
         return self.user_item_idx[self.user_item_ptr[c]:self.user_item_ptr[c + 1]]
 
+    def interest_evidence(self, user_id: str, now: datetime | None = None) -> list[str]:
+        """The user's HiSAC interest agents in words ("Cold Cereal: 18% of purchases"), strongest first
+        (``retrieval/interests.py``); the graph hands them to the planner. [] without purchase histories,
+        and for a run "as of" ``now`` before the end of the history the index was built on (it would
+        leak the future into the prompt)."""
+        if self.repeat is None:
+            return []
+        if now is not None and now.timestamp() // 86400 < self.repeat.as_of_day:
+            return []
+        if getattr(self, "_interests", None) is None:
+            from retrieval.interests import InterestChannel  # it imports this module
+
+            self._interests = InterestChannel(self)
+        return [f"{a.label}: {a.share:.0%} of purchases" for a in self._interests.describe(user_id)]
+
     @torch.no_grad()
     def tag_vectors(self, tags: Sequence[str]) -> np.ndarray:
         emb = self.encoder.encode(list(tags))
@@ -302,6 +331,60 @@ class Retriever:
                      exclude_items: Sequence[set[str] | None] | None = None,
                      new_items_only: bool | None = None) -> list[SearchResult]:
         """``search`` for many requests at once (one FAISS call per channel for the whole batch)."""
+        b = self.settings.beta if beta is None else beta
+        if not (self.settings.repeat_channel and self.repeat is not None and self.split is not None) or b == 0:
+            res = self._fused_batch(user_ids, tags, k, beta=beta, per_tag_quota=per_tag_quota,
+                                    exclude_items=exclude_items, new_items_only=new_items_only)
+            if self.settings.repeat_channel and b != 0:
+                for r in res:
+                    r.flags.append("no_repeat_channel")
+            return res
+        excl = list(exclude_items) if exclude_items is not None else [None] * len(user_ids)
+        if len(excl) != len(user_ids):
+            raise RetrievalInputError("exclude_items must have one entry per user")
+        # discovery: the fused channels with every item the user bought excluded
+        repeats = [self.repeat.ranked(u) if self.knows_user(u) else [] for u in user_ids]
+        disc_excl = [set(ex or ()) | {self.index.item_ids[c] for c, _ in rep} for ex, rep in zip(excl, repeats, strict=True)]
+        disc = self._fused_batch(user_ids, tags, k, beta=beta, per_tag_quota=per_tag_quota, exclude_items=disc_excl,
+                                 new_items_only=new_items_only)
+        out = []
+        for uid, ex, rep, d in zip(user_ids, excl, repeats, disc, strict=True):
+            feats = self.repeat.user_features(uid)
+            if feats is None:  # no purchase before the cutoff: discovery only
+                for c in d.candidates:
+                    c.channel = "discovery"
+                out.append(SearchResult(candidates=d.candidates, user_known=d.user_known,
+                                        flags=[*d.flags, "no_repeat_history"]))
+                continue
+            ex_codes = {self._item_code[i] for i in (ex or ()) if i in self._item_code}
+            rep = [(c, s) for c, s in rep if c not in ex_codes][:len(d.candidates) + k]
+            by_code = {self._item_code[c.item_id]: c for c in d.candidates}
+            merged = self.split.merge(rep, [(self._item_code[c.item_id], c.score) for c in d.candidates], feats,
+                                      min(k, len(self.index)))
+            rep_score = dict(rep)
+            cands = []
+            for code, channel, prob in merged:
+                if channel == "discovery":
+                    c = by_code[code]
+                    c.channel, c.probability = "discovery", prob
+                else:
+                    c = Candidate(item_id=self.index.item_ids[code], title=self.titles[code],
+                                  category=self.categories[code], score=rep_score[code], sources=["repeat"],
+                                  channel="repeat", probability=prob)
+                cands.append(c)
+            flags = [f for f in d.flags if not f.startswith(("short_result", "excluded_items"))]
+            if ex_codes:
+                flags.append(f"excluded_items:{len(ex_codes)}")
+            if len(cands) < k:
+                flags.append(f"short_result:{len(cands)}")
+            out.append(SearchResult(candidates=cands, user_known=d.user_known, flags=flags))
+        return out
+
+    def _fused_batch(self, user_ids: Sequence[str], tags: Sequence[Sequence[str]], k: int, *,
+                     beta: float | None = None, per_tag_quota: int | None = None,
+                     exclude_items: Sequence[set[str] | None] | None = None,
+                     new_items_only: bool | None = None) -> list[SearchResult]:
+        """The user and tag channels fused (module docstring, steps 1-5)."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise RetrievalInputError(f"k must be a positive integer, got {k!r}")
         if k <= 0:
@@ -474,9 +557,42 @@ class Retriever:
         titles, cats = _item_text_columns(dataset, index.item_ids)
         if len(item_ptr) != len(user_ids) + 1 or (len(item_idx) and item_idx.max() >= len(index)):
             raise IndexMismatchError(directory, "per-user item lists do not match the users or the index")
+        repeat = load_repeat_scores(directory, dataset, stored, config, index.item_ids) if dataset is not None else None
         return cls(index=index, user_ids=user_ids, user_vecs=users, tag_tower=tower, encoder=enc, titles=titles,
                    categories=cats, settings=stored, config=config, directory=directory, user_item_ptr=item_ptr,
-                   user_item_idx=item_idx)
+                   user_item_idx=item_idx, repeat=repeat, split=load_channel_split(stored))
+
+
+def load_channel_split(settings: RetrievalSettings) -> ChannelSplit:
+    """The channel split model the settings name (the packaged, validation-fitted one by default)."""
+    return ChannelSplit.load(settings.channel_split_path or DEFAULT_SPLIT_PATH)
+
+
+def load_repeat_scores(directory: Path, dataset: Dataset, settings: RetrievalSettings, config: dict,
+                       item_ids: list[str], params: TifuParams | None = None) -> RepeatScores:
+    """The repeat channel's TIFU-KNN scores as of the build's cutoff: cached beside the index
+    (``repeat.safetensors`` + ``repeat.json``), computed from the dataset on first use."""
+    params = params or TifuParams()
+    key = hashlib.sha256(json.dumps({"params": params.as_dict(), "model": config.get("model_hash"),
+                                     "data": config.get("fingerprint"), "cutoff": str(settings.cutoff),
+                                     "max_users": settings.max_users}, sort_keys=True).encode()).hexdigest()[:16]
+    path = directory / "repeat.safetensors"
+    cached = RepeatScores.load(path, key)
+    if cached is not None:
+        return cached
+    t0 = time.perf_counter()
+    behaviors = slice_behaviors(dataset, settings)
+    if settings.cutoff is not None:
+        as_of = int(settings.cutoff.timestamp() // 86400)
+    else:  # the whole log: it ends on its last day
+        as_of = int(behaviors["ts"].max().timestamp() // 86400) + 1 if behaviors.height else 0
+    scores = RepeatScores.compute(behaviors, item_ids, params, as_of_day=as_of)
+    try:
+        scores.save(path, key)
+    except OSError as e:  # a read-only artifact folder still serves, recomputing next time
+        log.warning("repeat scores not cached", directory=str(directory), error=str(e))
+    log.info("repeat scores computed", users=len(scores.user_ids), seconds=round(time.perf_counter() - t0, 2))
+    return scores
 
 
 def _item_text_columns(dataset: Dataset | None, item_ids: list[str]) -> tuple[list[str], list[str]]:
@@ -566,6 +682,7 @@ def build_retriever(dataset: Dataset, settings: RetrievalSettings, directory: Pa
         "n_train_rows": len(inter),
         "behavior_types": inter.types,
         "n_item_texts": len(catalogue.texts),
+        "item_text": catalogue.text_source,
         "n_tags": len(tags.texts),
         "llm_tag_pairs_used": llm_pairs_used,
         "text_embedding_seconds": round(t_text, 2),

@@ -5,7 +5,7 @@ Two groups of fields:
 * **build fields** change the trained model and the index, so they are part of the cache key under
   ``core.paths.data_dir()/retrieval/`` (see :meth:`RetrievalSettings.build_key`);
 * **serving fields** (``beta``, ``per_tag_quota``, ``overfetch``, ``tag_new_items_only``, ``merge``,
-  ``num_threads``) only change how ``search`` fuses and
+  ``repeat_channel``, ``channel_split_path``, ``num_threads``) only change how ``search`` fuses and
   cuts candidates, so a cached build is reused when only they differ.
 
 ``cutoff`` builds the retriever "as of" a date: towers train only on behaviours strictly before it
@@ -24,9 +24,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 #: bump when a code change alters what a build produces, so cached builds are not reused across it
-BUILD_VERSION = 5
+BUILD_VERSION = 6
 
-SERVING_FIELDS = frozenset({"beta", "per_tag_quota", "overfetch", "num_threads", "tag_new_items_only", "merge"})
+SERVING_FIELDS = frozenset({"beta", "per_tag_quota", "overfetch", "num_threads", "tag_new_items_only", "merge",
+                            "repeat_channel", "channel_split_path"})
 
 
 class RetrievalSettings(BaseModel):
@@ -38,9 +39,11 @@ class RetrievalSettings(BaseModel):
     hidden: int = Field(512, ge=8, description="hidden width of each tower's MLP")
     max_history: int = Field(50, ge=1, description="most recent events pooled per behaviour type")
     text_model: str = "all-MiniLM-L6-v2"
-    item_text: Literal["path", "title"] = Field(
-        "path", description="'path': short text from the category path leaf + category (few thousand distinct "
-        "strings); 'title': the item title (one string per item, slow for big catalogues)")
+    item_text: Literal["auto", "path", "title"] = Field(
+        "auto", description="'auto': titles when the category path is coarse (>= 50 items per path text, "
+        "retrieval.catalogue.choose_text_source) and titles are distinct, else the path; 'path': short text "
+        "from the category path leaf + category; 'title': the item title (one string per item, slow for big "
+        "catalogues)")
 
     # ----- loss -----------------------------------------------------------------------------------
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="L = L_col + alpha*L_tag + (1-alpha)*L_cate")
@@ -74,8 +77,14 @@ class RetrievalSettings(BaseModel):
         True, description="the tag channel skips items the user already interacted with before the cutoff "
         "(it is the discovery channel; the user channel still returns re-buys)")
     merge: Literal["quota", "sum"] = Field(
-        "quota", description="'quota': each channel fills its reserved slots, then best fused scores; "
-        "'sum': plain top-k of the fused score over the union (kept for ablations)")
+        "quota", description="how the user and tag channels are fused: 'quota': each channel fills its reserved "
+        "slots, then best fused scores; 'sum': plain top-k of the fused score over the union (kept for ablations)")
+    repeat_channel: bool = Field(
+        True, description="repeat-aware serving: items the user already bought come from the TIFU-KNN repeat "
+        "channel, the fused user/tag channels only bring unseen items, and the channel split model "
+        "decides per user how many of each (retrieval/channel_split.py); off: the fused channels alone")
+    channel_split_path: str | None = Field(
+        None, description="JSON channel split model (default: retrieval/channel_split.json, fitted on validation)")
     num_threads: int | None = Field(None, ge=1, description="torch / faiss threads (default: library default)")
 
     def build_dict(self) -> dict:

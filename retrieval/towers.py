@@ -21,7 +21,8 @@ batch's positive items with temperature τ:
 
 * ``L_col``: user → its item; other columns holding the *same* item are masked out (not negatives);
 * ``L_tag``: tag → items; the positive is the item the tag was drawn for (fine-grained);
-* ``L_cate``: tag → items; positives are the batch items of the same category as the tag's item.
+* ``L_cate``: tag → items; positives are the batch items of the same category as the tag's item
+  (off when the trained items have fewer than two categories; ``L_tag`` off without tags: ``retrieval/train.py``).
 
 With ``logq`` the log of each column item's training frequency is subtracted from the logits
 (sampling-bias correction, Yi et al., RecSys 2019). In-batch negatives are drawn in proportion to

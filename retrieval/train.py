@@ -13,6 +13,8 @@
   matching a tag to its own category path is trivial, and within-tag order stayed arbitrary: the
   tag-only variant then had explore Recall@50 0.016, below popularity.) ``L_cate`` is the coarse term:
   every batch item of the tag's category is a positive.
+* A term with nothing to learn from is off (:func:`loss_terms`): ``L_tag`` when no trained item has a
+  tag, ``L_cate`` with fewer than two categories. The log's ``loss_terms`` says which ran and why.
 * Progress bars are tqdm; the per-epoch losses, wall time and samples/s are returned as a log.
 """
 
@@ -65,9 +67,33 @@ class TagTable:
 
     def sample(self, items: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One tag id per item (-1 where the item has no tag)."""
+        if len(self.ids) == 0:
+            return np.full(len(items), -1, dtype=np.int64)
         start, count = self.ptr[items], self.ptr[items + 1] - self.ptr[items]
         pick = start + np.floor(rng.random(len(items)) * np.maximum(count, 1)).astype(np.int64)
-        return np.where(count > 0, self.ids[np.minimum(pick, max(len(self.ids) - 1, 0))], -1)
+        return np.where(count > 0, self.ids[np.minimum(pick, len(self.ids) - 1)], -1)
+
+
+def loss_terms(catalogue: Catalogue, inter: Interactions, tags: TagTable) -> dict[str, dict]:
+    """Which loss terms train, and why, judged on the items of the training rows.
+
+    ``L_tag`` needs tagged items. ``L_cate`` needs at least two categories: with none its positives
+    are only the tag's own item (a copy of ``L_tag``), with one they are the whole batch (loss 0)."""
+    items = np.unique(inter.item)
+    n_tagged = int(((tags.ptr[items + 1] - tags.ptr[items]) > 0).sum())
+    codes = np.unique(catalogue.category_codes[items])
+    n_cats = int((codes > 0).sum())
+    terms = {"col": {"active": True, "reason": f"{len(inter)} behaviour rows of {len(inter.user_ids)} users"}}
+    terms["tag"] = ({"active": True, "reason": f"{n_tagged} of {len(items)} trained items have tags"} if n_tagged
+                    else {"active": False, "reason": "no trained item has a tag (no title, category or LLM tag)"})
+    if not n_tagged:
+        terms["cate"] = {"active": False, "reason": "no tags (see tag)"}
+    elif n_cats < 2:
+        what = "no category" if n_cats == 0 else "a single category"
+        terms["cate"] = {"active": False, "reason": f"the trained items have {what}: nothing to tell apart"}
+    else:
+        terms["cate"] = {"active": True, "reason": f"{n_cats} categories among the trained items"}
+    return terms
 
 
 @dataclass
@@ -77,6 +103,7 @@ class TrainLog:
     block: int = 10
     samples: int = 0
     seconds: float = 0.0
+    loss_terms: dict[str, dict] = field(default_factory=dict)  # term -> {"active", "reason"}
 
     @property
     def samples_per_s(self) -> float:
@@ -85,7 +112,7 @@ class TrainLog:
     def as_dict(self) -> dict:
         return {"epochs": self.epochs, "step_losses": self.step_losses, "block": self.block,
                 "samples": self.samples, "seconds": round(self.seconds, 3),
-                "samples_per_s": round(self.samples_per_s, 1)}
+                "samples_per_s": round(self.samples_per_s, 1), "loss_terms": self.loss_terms}
 
 
 def make_model(catalogue: Catalogue, inter: Interactions, text_table: np.ndarray,
@@ -120,7 +147,8 @@ def train_towers(catalogue: Catalogue, inter: Interactions, text_table: np.ndarr
     cat_codes = torch.from_numpy(catalogue.category_codes)
     bs = min(settings.batch_size, len(inter))
     n_batches = max(len(inter) // bs, 1)
-    log = TrainLog()
+    log = TrainLog(loss_terms=loss_terms(catalogue, inter, tags))
+    use_tag, use_cate = (log.loss_terms[t]["active"] for t in ("tag", "cate"))
     block: list[float] = []
     for epoch in range(settings.epochs):
         model.train()
@@ -146,20 +174,20 @@ def train_towers(catalogue: Catalogue, inter: Interactions, text_table: np.ndarr
                                          exclude=same_item, weight=weight)
             tag_ids = torch.from_numpy(tags.sample(items_np, rng))
             has_tag = tag_ids >= 0
-            if bool(has_tag.any()):
+            l_tag = l_cate = torch.zeros(())
+            if use_tag and bool(has_tag.any()):
                 t = model.tag(tag_emb[tag_ids.clamp(min=0)])[has_tag]
                 pos_tag = same_item[has_tag]  # the exact item the tag was drawn for (and its duplicates)
-                cats = cat_codes[items]
-                pos_cat = ((cats[has_tag].unsqueeze(1) == cats.unsqueeze(0)) & (cats[has_tag] > 0).unsqueeze(1)) \
-                    | same_item[has_tag]
                 # L_tag and L_cate score the same tag-item pairs: one logits matrix and normaliser for both
                 logits_t = inbatch_logits(t, v, temperature=settings.temperature, log_q=tag_log_q)
                 norm_t = torch.logsumexp(logits_t, dim=1)
                 w_t = weight[has_tag]
                 l_tag = softmax_loss_from_logits(logits_t, pos_tag, weight=w_t, log_norm=norm_t)
-                l_cate = softmax_loss_from_logits(logits_t, pos_cat, weight=w_t, log_norm=norm_t)
-            else:
-                l_tag = l_cate = torch.zeros(())
+                if use_cate:
+                    cats = cat_codes[items]
+                    pos_cat = ((cats[has_tag].unsqueeze(1) == cats.unsqueeze(0)) & (cats[has_tag] > 0).unsqueeze(1)) \
+                        | pos_tag
+                    l_cate = softmax_loss_from_logits(logits_t, pos_cat, weight=w_t, log_norm=norm_t)
             loss = l_col + settings.alpha * l_tag + (1 - settings.alpha) * l_cate
             for o in opts:
                 o.zero_grad(set_to_none=True)

@@ -50,6 +50,12 @@ def retriever(ds, cache):
 
 
 @pytest.fixture(scope="module")
+def fused(retriever):
+    """The user and tag channels alone (no repeat channel): what the fusion tests below are about."""
+    return retriever.with_serving(repeat_channel=False)
+
+
+@pytest.fixture(scope="module")
 def user_and_tags(ds, retriever):
     u = retriever.user_ids[0]
     return u, recent_category_tags(ds, u, before=CUTOFF, n=4)
@@ -148,9 +154,9 @@ def test_build_is_cached_and_reloads_identically(ds, cache, retriever, user_and_
 
 # ----- search ----------------------------------------------------------------------------------------
 
-def test_search_returns_k_unique_candidates_with_provenance(retriever, user_and_tags):
+def test_search_returns_k_unique_candidates_with_provenance(fused, user_and_tags):
     u, tags = user_and_tags
-    res = retriever.search(u, tags, 20)
+    res = fused.search(u, tags, 20)
     assert res.user_known and res.flags == []
     ids = [c.item_id for c in res.candidates]
     assert len(ids) == 20 and len(set(ids)) == 20
@@ -167,15 +173,15 @@ def test_search_returns_k_unique_candidates_with_provenance(retriever, user_and_
         assert sum(t in c.tags for c in res.candidates) >= 2
 
 
-def test_beta_one_is_pure_collaborative(retriever, user_and_tags):
+def test_beta_one_is_pure_collaborative(fused, user_and_tags):
     u, tags = user_and_tags
-    res = retriever.search(u, tags, 15, beta=1.0)
+    res = fused.search(u, tags, 15, beta=1.0)
     assert all(c.sources == ["user"] for c in res.candidates)
     us = [c.user_score for c in res.candidates]
     assert us == sorted(us, reverse=True)
     # the same as the top-15 of the user vector over the whole index
-    _, ids = retriever.index.search(retriever.user_vector(u)[None], 15)
-    assert [c.item_id for c in res.candidates] == [retriever.item_ids[i] for i in ids[0]]
+    _, ids = fused.index.search(fused.user_vector(u)[None], 15)
+    assert [c.item_id for c in res.candidates] == [fused.item_ids[i] for i in ids[0]]
 
 
 def test_beta_zero_is_tag_only(retriever, user_and_tags):
@@ -216,19 +222,19 @@ def test_empty_tags_raise(retriever, user_and_tags, tags):
         retriever.search(user_and_tags[0], tags, 10)
 
 
-def test_no_tags_with_beta_one_is_the_collaborative_only_fallback(retriever, user_and_tags):
+def test_no_tags_with_beta_one_is_the_collaborative_only_fallback(fused, user_and_tags):
     """The graph's documented fallback (planner failed or no tag passed the judge) asks for β=1 and no
     tags: a known user gets the user channel alone, flagged; an unknown user has nothing to go on."""
     u, tags = user_and_tags
-    res = retriever.search(u, [], 10, beta=1.0)
+    res = fused.search(u, [], 10, beta=1.0)
     assert "collaborative_only" in res.flags
     assert len(res.candidates) == 10 and all(c.sources == ["user"] and not c.tags for c in res.candidates)
-    same = retriever.search(u, tags, 10, beta=1.0)
+    same = fused.search(u, tags, 10, beta=1.0)
     assert [c.item_id for c in res.candidates] == [c.item_id for c in same.candidates]
     with pytest.raises(EmptyTagsError):
-        retriever.search("no-such-user", [], 10, beta=1.0)
+        fused.search("no-such-user", [], 10, beta=1.0)
     with pytest.raises(EmptyTagsError):
-        retriever.search(u, [], 10, beta=0.6)
+        fused.search(u, [], 10, beta=0.6)
 
 
 @pytest.mark.parametrize("k", [0, -3, 2.5, True])
@@ -259,3 +265,35 @@ def test_search_batch_matches_single_search(retriever, user_and_tags):
     batch = retriever.search_batch([u, "no-such-user"], [tags, tags[:1]], 10)
     assert [c.item_id for c in batch[0].candidates] == [c.item_id for c in retriever.search(u, tags, 10).candidates]
     assert batch[1].user_known is False
+
+
+def test_repeat_aware_search_splits_bought_and_new_items(retriever, user_and_tags):
+    """The served default: items the user bought come from the repeat channel in TIFU-KNN order, every
+    other item from the fused channels with bought items excluded, at least 10% of k discovery."""
+    u, tags = user_and_tags
+    res = retriever.search(u, tags, 20)
+    assert res.flags == []
+    seen = {retriever.item_ids[c] for c in retriever.seen_items(u)}
+    ids = [c.item_id for c in res.candidates]
+    assert len(ids) == 20 and len(set(ids)) == 20
+    rep = [c for c in res.candidates if c.channel == "repeat"]
+    disc = [c for c in res.candidates if c.channel == "discovery"]
+    assert len(rep) + len(disc) == 20 and len(disc) >= 2 and rep
+    assert all(c.item_id in seen and c.sources == ["repeat"] for c in rep)
+    assert all(c.item_id not in seen and set(c.sources) <= {"user", "tag"} for c in disc)
+    probs = [c.probability for c in res.candidates]
+    assert probs == sorted(probs, reverse=True)
+    # the repeat candidates are the user's top TIFU-KNN items, in that order
+    top = [retriever.item_ids[c] for c, _ in retriever.repeat.ranked(u, len(rep))]
+    assert [c.item_id for c in rep] == top
+    # an item the caller excludes never comes back through either channel
+    again = retriever.search(u, tags, 20, exclude_items={rep[0].item_id, disc[0].item_id})
+    assert {rep[0].item_id, disc[0].item_id}.isdisjoint(c.item_id for c in again.candidates)
+    assert "excluded_items:2" in again.flags
+
+
+def test_unknown_user_gets_discovery_only(retriever, user_and_tags):
+    u, tags = user_and_tags
+    res = retriever.search("no-such-user", tags, 5)
+    assert res.flags[:2] == ["unknown_user", "tag_channel_only"] and "no_repeat_history" in res.flags
+    assert all(c.channel == "discovery" for c in res.candidates)

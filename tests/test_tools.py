@@ -47,9 +47,10 @@ def test_tool_returns_compact_dicts(tool, retriever):
     assert set(out) == {"user_known", "flags", "items"}
     assert out["user_known"] is True and len(out["items"]) == 6
     for it in out["items"]:
-        assert set(it) == {"item_id", "title", "score", "tags", "sources"}
+        assert set(it) == {"item_id", "title", "score", "tags", "sources", "channel"}
         assert isinstance(it["score"], float) and round(it["score"], 4) == it["score"]
-        assert set(it["sources"]) <= {"user", "tag"}
+        assert (it["channel"], set(it["sources"]) <= {"user", "tag"}) in {("discovery", True), ("repeat", False)}
+        assert it["channel"] != "repeat" or it["sources"] == ["repeat"]
     direct = retriever.search(u, ["premium ice cream", "frozen pizza"], 6)
     assert [it["item_id"] for it in out["items"]] == [c.item_id for c in direct.candidates]
 

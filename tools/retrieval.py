@@ -3,7 +3,8 @@
 The graph binds this tool (or calls it directly). Arguments are validated by a pydantic schema
 (k between 1 and ``max_k``; tags a non-empty list). It returns compact, JSON-ready dicts so results sit
 in graph state and checkpoints without embeddings: ``{"user_known", "flags", "items": [{"item_id",
-"title", "score", "tags", "sources"}, ...]}``, scores rounded to 4 decimals. Input the retriever rejects (e.g.
+"title", "score", "tags", "sources", "channel"}, ...]}``, scores rounded to 4 decimals; ``channel`` is
+"repeat" (bought before), "discovery" (never bought) or "fused" (repeat channel off). Input the retriever rejects (e.g.
 blank tags) comes back as the string ``"error: ..."`` instead of raising (``handle_tool_error``), so an
 agent can correct itself; arguments that fail the schema raise pydantic's ValidationError as usual.
 """
@@ -31,7 +32,7 @@ def compact(result: SearchResult) -> dict:
         "user_known": result.user_known,
         "flags": list(result.flags),
         "items": [{"item_id": c.item_id, "title": c.title, "score": round(c.score, 4), "tags": list(c.tags),
-                   "sources": list(c.sources)} for c in result.candidates],
+                   "sources": list(c.sources), "channel": c.channel} for c in result.candidates],
     }
 
 
@@ -46,8 +47,9 @@ def make_retrieve_tool(retriever: Retriever, *, beta: float | None = None,
     return StructuredTool.from_function(
         func=retrieve_items,
         name="retrieve_items",
-        description=("Retrieve catalogue items for a user and a list of intent tags. Scores fuse the user's "
-                     "collaborative signal with the tags; each item says which tag(s) and channel(s) found it."),
+        description=("Retrieve catalogue items for a user and a list of intent tags: items the user buys again "
+                     "and new items that fuse the user's collaborative signal with the tags; each item says "
+                     "which tag(s) and channel(s) found it."),
         args_schema=RetrieveItemsArgs,
         handle_tool_error=lambda e: f"error: {e}",
     )
