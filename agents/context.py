@@ -79,6 +79,11 @@ class Context:
     items_per_tag: int = 3
     n_items: int = 8
     beta: float = 0.6
+    #: with a repeat-aware retriever, at least this share of the shown items are discovery (items the
+    #: user never bought, found by the tags and the user tower); the rest may be re-buys ranked by
+    #: TIFU-KNN. The retriever's own floor (10%) is what maximises recall; the graph exists to show
+    #: intents, so half its items are theirs by default
+    discovery_share: float = 0.5
     #: how many times a B-graded tag set / explanation is regenerated with the judge's feedback
     regen_limit: int = 1
     #: an explanation still graded B after ``regen_limit``: "drop" the item, or "facts": replace the text

@@ -140,7 +140,8 @@ class SliceRetriever:
         return cls(dataset.items.filter(dataset.items["category"] != "").head(n).to_dicts())
 
     def search(self, user_id: str, tags: list[str], k: int, *, beta: float | None = None,
-               per_tag_quota: int | None = None, exclude_items: Any = None) -> SliceResult:
+               per_tag_quota: int | None = None, exclude_items: Any = None,
+               min_discovery_share: float | None = None) -> SliceResult:
         out = []
         for i, it in enumerate(self.items[:k]):
             tag = tags[i % len(tags)] if tags else None

@@ -347,6 +347,10 @@ def run_retrieval_eval(dataset: str = "completejourney", *, protocol: Protocol |
         speed["train_samples_per_s"] = retriever.config["train"]["samples_per_s"]
         speed["train_samples_per_s_built_in_this_run"] = extra["intentrec"]["built_in_this_run"]
         speed["train_threads"] = settings.num_threads or "torch default"
+        speed["build_seconds"] = retriever.config["build_seconds"]
+        for key, name in (("tifu_knn_seconds", "tifu_knn"), ("repeat_scores_seconds", "repeat_scores"),
+                          ("semantic_ids_seconds", "hisac_semantic_ids")):
+            speed[key] = timings.get(name)
     checks, notes = ({}, [])
     if all(m in results for m in ("intentrec_fused", "tifu_knn", "top_frequency")):
         checks, notes = honest_notes(results, lists if 50 in ks else None, split if 50 in ks else None)

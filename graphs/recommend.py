@@ -99,6 +99,18 @@ def _node(name: str) -> Callable:
     return deco
 
 
+def _keep_discovery_share(cands: list[dict], want: int, share: float) -> list[dict]:
+    """The first ``want`` candidates, except that at least ``round(share·want)`` of them are discovery
+    (never bought) when the list has that many: the best discovery ones replace the last re-buys.
+    The retriever's order is kept."""
+    keep = set([i for i, c in enumerate(cands) if c["channel"] == "discovery"][:int(round(share * want))])
+    for i in range(len(cands)):
+        if len(keep) >= want:
+            break
+        keep.add(i)
+    return [cands[i] for i in sorted(keep)]
+
+
 def _drop(stage: str, subject: str, reason: str, **extra: Any) -> dict:
     return {"stage": stage, "subject": subject, "reason": reason, **extra}
 
@@ -109,7 +121,7 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
 
     ``preparer(dataset, user_id, ctx, count_tokens=...)`` builds the shared context (default:
     :func:`graphs.prepare.prepare_user`, hierarchical compression). ``retriever`` needs ``search(user_id, tags, k, *, beta=None, per_tag_quota=None,
-    exclude_items=None)`` returning an object with ``candidates`` (each with item_id, title,
+    exclude_items=None, min_discovery_share=None)`` returning an object with ``candidates`` (each with item_id, title,
     category, score, tags, sources), ``user_known`` and ``flags`` (see ``retrieval.service``).
     """
     if judge_graph is None:
@@ -269,19 +281,19 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
         # twice as many as needed: catalogues repeat a title under several ids (completejourney has
         # "Bagged Cheese Snacks, 12 oz" from two manufacturers); only the best-scored one is shown
         if state.get("fallback") or not tags:
-            res = retriever.search(state["user_id"], [], 2 * want, beta=1.0)
+            res = retriever.search(state["user_id"], [], 2 * want, beta=1.0,
+                                   min_discovery_share=ctx.discovery_share)
             fallback = state.get("fallback") or "collaborative_only: no tag passed the judge"
             by_tag: dict[str, dict] = {}
         else:
             res = retriever.search(state["user_id"], [t["tag"] for t in tags],
                                    2 * max(want, ctx.items_per_tag * len(tags)),
-                                   beta=ctx.beta, per_tag_quota=ctx.items_per_tag)
+                                   beta=ctx.beta, per_tag_quota=ctx.items_per_tag,
+                                   min_discovery_share=ctx.discovery_share)
             fallback = None
             by_tag = {t["tag"]: t for t in tags}
         cands, titles, dup_drops = [], set(), []
         for c in res.candidates:
-            if len(cands) == want:
-                break
             key = " ".join(c.title.lower().split())
             if key in titles:
                 dup_drops.append(_drop("retrieve", c.item_id, "duplicate_title"))
@@ -292,8 +304,10 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
             cands.append({
                 "item_id": c.item_id, "title": c.title, "category": c.category, "score": round(float(c.score), 6),
                 "user_score": c.user_score, "tag_score": c.tag_score, "tag": src_tag, "sources": list(c.sources),
+                "channel": getattr(c, "channel", "fused"),
                 "persona": t.get("persona"), "intent": t.get("intent", ""), "evidence": t.get("evidence", ""),
             })
+        cands = _keep_discovery_share(cands, want, ctx.discovery_share)
         update: dict[str, Any] = {"candidates": cands, "fallback": fallback}
         drops = [_drop("retrieve", state["user_id"], f"flag:{f}") for f in res.flags] + dup_drops
         if drops:
@@ -439,7 +453,7 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
             recs.append({
                 "item_id": c["item_id"], "title": c["title"], "category": c["category"], "tag": c.get("tag"),
                 "persona": c.get("persona"), "score": c["score"], "sources": c["sources"],
-                "explanation": e["text"], "guideline": e.get("guideline", ""), "grade": v.grade,
+                "channel": c.get("channel", "fused"), "explanation": e["text"], "guideline": e.get("guideline", ""), "grade": v.grade,
                 "explanation_source": e.get("source", "llm"),
                 "tag_grade": tv.grade if tv else None,
                 "dimensions": {d.dimension: d.outcome for d in v.dimensions},

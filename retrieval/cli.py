@@ -77,10 +77,10 @@ def search(user: str = typer.Option(..., "--user", "-u"),
     r = load_or_build_retriever(ds, settings, progress=True)
     res = r.search(user, tag, k, beta=beta)
     t = Table(title=f"user {user} known={res.user_known} flags={res.flags}")
-    for col in ("item", "title", "category", "score", "user", "tag", "tags", "sources"):
+    for col in ("item", "title", "category", "channel", "p", "score", "user", "tag", "tags", "sources"):
         t.add_column(col)
     for c in res.candidates:
-        t.add_row(c.item_id, c.title, c.category, f"{c.score:.3f}",
-                  "–" if c.user_score is None else f"{c.user_score:.3f}",
+        t.add_row(c.item_id, c.title, c.category, c.channel, "–" if c.probability is None else f"{c.probability:.3f}",
+                  f"{c.score:.3f}", "–" if c.user_score is None else f"{c.user_score:.3f}",
                   "–" if c.tag_score is None else f"{c.tag_score:.3f}", ", ".join(c.tags), ",".join(c.sources))
     Console().print(t)

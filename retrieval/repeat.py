@@ -310,7 +310,8 @@ class RepeatScores:
             if meta.get("key") != key:
                 return None
             arr = load_file(str(path))
-        except (FileNotFoundError, ValueError, SafetensorError):
+            return cls(user_ids=meta["user_ids"], ptr=arr["ptr"], idx=arr["idx"], val=arr["val"],
+                       features=arr["features"], params=TifuParams(**meta["params"]), basket_mode=meta["basket_mode"],
+                       as_of_day=meta["as_of_day"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError, SafetensorError):  # stale or damaged: recompute
             return None
-        return cls(user_ids=meta["user_ids"], ptr=arr["ptr"], idx=arr["idx"], val=arr["val"], features=arr["features"],
-                   params=TifuParams(**meta["params"]), basket_mode=meta["basket_mode"], as_of_day=meta["as_of_day"])

@@ -41,6 +41,7 @@ embeddings, so serving them needs no model load), ``items.faiss`` + ``items.fais
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -319,19 +320,23 @@ class Retriever:
     # ----- search ----------------------------------------------------------------------------------
     def search(self, user_id: str, tags: list[str], k: int, *, beta: float | None = None,
                per_tag_quota: int | None = None, exclude_items: set[str] | None = None,
-               new_items_only: bool | None = None) -> SearchResult:
-        """Fused search for one user; see the module docstring. ``new_items_only`` overrides the
-        ``tag_new_items_only`` setting for this call."""
+               new_items_only: bool | None = None, min_discovery_share: float | None = None) -> SearchResult:
+        """Search for one user; see the module docstring. ``new_items_only`` overrides the
+        ``tag_new_items_only`` setting and ``min_discovery_share`` the split model's discovery floor
+        for this call."""
         return self.search_batch([user_id], [tags], k, beta=beta, per_tag_quota=per_tag_quota,
                                  exclude_items=[exclude_items] if exclude_items else None,
-                                 new_items_only=new_items_only)[0]
+                                 new_items_only=new_items_only, min_discovery_share=min_discovery_share)[0]
 
     def search_batch(self, user_ids: Sequence[str], tags: Sequence[Sequence[str]], k: int, *,
                      beta: float | None = None, per_tag_quota: int | None = None,
                      exclude_items: Sequence[set[str] | None] | None = None,
-                     new_items_only: bool | None = None) -> list[SearchResult]:
+                     new_items_only: bool | None = None, min_discovery_share: float | None = None
+                     ) -> list[SearchResult]:
         """``search`` for many requests at once (one FAISS call per channel for the whole batch)."""
         b = self.settings.beta if beta is None else beta
+        if min_discovery_share is not None and not 0.0 <= min_discovery_share <= 1.0:
+            raise RetrievalInputError(f"min_discovery_share must be in [0, 1], got {min_discovery_share}")
         if not (self.settings.repeat_channel and self.repeat is not None and self.split is not None) or b == 0:
             res = self._fused_batch(user_ids, tags, k, beta=beta, per_tag_quota=per_tag_quota,
                                     exclude_items=exclude_items, new_items_only=new_items_only)
@@ -347,6 +352,8 @@ class Retriever:
         disc_excl = [set(ex or ()) | {self.index.item_ids[c] for c, _ in rep} for ex, rep in zip(excl, repeats, strict=True)]
         disc = self._fused_batch(user_ids, tags, k, beta=beta, per_tag_quota=per_tag_quota, exclude_items=disc_excl,
                                  new_items_only=new_items_only)
+        split = self.split if min_discovery_share is None else \
+            dataclasses.replace(self.split, min_discovery_share=float(min_discovery_share))
         out = []
         for uid, ex, rep, d in zip(user_ids, excl, repeats, disc, strict=True):
             feats = self.repeat.user_features(uid)
@@ -359,7 +366,7 @@ class Retriever:
             ex_codes = {self._item_code[i] for i in (ex or ()) if i in self._item_code}
             rep = [(c, s) for c, s in rep if c not in ex_codes][:len(d.candidates) + k]
             by_code = {self._item_code[c.item_id]: c for c in d.candidates}
-            merged = self.split.merge(rep, [(self._item_code[c.item_id], c.score) for c in d.candidates], feats,
+            merged = split.merge(rep, [(self._item_code[c.item_id], c.score) for c in d.candidates], feats,
                                       min(k, len(self.index)))
             rep_score = dict(rep)
             cands = []

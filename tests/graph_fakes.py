@@ -68,6 +68,8 @@ class FakeRetriever(SliceRetriever):
         super().__init__(items)
         self.calls: list[dict] = []
 
-    def search(self, user_id, tags, k, *, beta=None, per_tag_quota=None, exclude_items=None):
-        self.calls.append({"user_id": user_id, "tags": list(tags), "k": k, "beta": beta})
+    def search(self, user_id, tags, k, *, beta=None, per_tag_quota=None, exclude_items=None,
+               min_discovery_share=None):
+        self.calls.append({"user_id": user_id, "tags": list(tags), "k": k, "beta": beta,
+                           "min_discovery_share": min_discovery_share})
         return super().search(user_id, tags, k, beta=beta, per_tag_quota=per_tag_quota, exclude_items=exclude_items)

@@ -469,3 +469,17 @@ def test_facts_line_does_not_repeat_the_title_as_the_tag():
     assert repeated_ngram(line, 3) is None and "bread italian french" not in line.lower().split(":", 1)[1]
     other = facts_explanation("Sourdough Loaf", "", item_count=0, category_count=0, tag="bread italian french")
     assert "it matches bread italian french" in other
+
+
+def test_shown_items_keep_the_discovery_share():
+    """With a repeat-aware retriever the graph shows at least ``discovery_share`` of its items from
+    discovery (the tags' and the user tower's new items), in the retriever's order."""
+    from graphs.recommend import _keep_discovery_share
+
+    cands = [{"id": i, "channel": ch} for i, ch in enumerate(["repeat"] * 6 + ["discovery"] * 4)]
+    assert [c["id"] for c in _keep_discovery_share(cands, 4, 0.5)] == [0, 1, 6, 7]
+    assert [c["id"] for c in _keep_discovery_share(cands, 4, 0.0)] == [0, 1, 2, 3]
+    # 6 of 8 should be discovery but only 4 exist: all 4 kept, the rest in order
+    assert [c["id"] for c in _keep_discovery_share(cands, 8, 0.75)] == [0, 1, 2, 3, 6, 7, 8, 9]
+    fused = [{"id": i, "channel": "fused"} for i in range(5)]
+    assert [c["id"] for c in _keep_discovery_share(fused, 3, 0.5)] == [0, 1, 2]

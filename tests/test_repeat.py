@@ -78,6 +78,9 @@ def test_repeat_scores_cache_round_trip(tmp_path):
     back = RepeatScores.load(tmp_path / "repeat.safetensors", "key1")
     assert back.ranked("A") == rs.ranked("A") and back.params == P and back.basket_mode == "day"
     assert RepeatScores.load(tmp_path / "repeat.safetensors", "other") is None  # stale key: recompute
+    meta = tmp_path / "repeat.json"  # written by an older version without as_of_day: recompute, no KeyError
+    meta.write_text(meta.read_text(encoding="utf-8").replace('"as_of_day"', '"old_field"'), encoding="utf-8")
+    assert RepeatScores.load(tmp_path / "repeat.safetensors", "key1") is None
 
 
 def test_bad_parameters_are_refused():

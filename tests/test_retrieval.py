@@ -290,6 +290,11 @@ def test_repeat_aware_search_splits_bought_and_new_items(retriever, user_and_tag
     again = retriever.search(u, tags, 20, exclude_items={rep[0].item_id, disc[0].item_id})
     assert {rep[0].item_id, disc[0].item_id}.isdisjoint(c.item_id for c in again.candidates)
     assert "excluded_items:2" in again.flags
+    # the graph asks for a larger discovery floor
+    half = retriever.search(u, tags, 20, min_discovery_share=0.5)
+    assert sum(c.channel == "discovery" for c in half.candidates) >= 10
+    with pytest.raises(RetrievalInputError):
+        retriever.search(u, tags, 20, min_discovery_share=1.5)
 
 
 def test_unknown_user_gets_discovery_only(retriever, user_and_tags):
