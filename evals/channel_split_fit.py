@@ -2,10 +2,13 @@
 
 Validation = the protocol moved back one window (``evals.protocol.validation_protocol``): towers built
 as of the validation cutoff, the repeat channel's TIFU-KNN scores as of that cutoff, and labels from
-the validation window. For every validation user, the repeat channel's top ``k`` bought items and the
-discovery channel's top ``k`` unseen items (the fused user/tag channels, the user's bought items
+the validation window. For every validation user, every item the user bought (the repeat model
+re-ranks them all) and the discovery channel's top ``k`` unseen items (the fused user/tag channels, the user's bought items
 excluded, the same tags the evaluation gives it) become rows ``(candidate features, bought in the
 window?)``; one logistic regression per channel (scikit-learn, standardised features, L2, C = 1).
+The discovery floor (``ChannelSplit.min_discovery_share``) is then chosen on the same validation split
+by :data:`FLOOR_RULE`: as much guaranteed discovery as the validation figures allow without falling
+below TIFU-KNN, the strongest simple baseline.
 
     python -m evals.channel_split_fit --out retrieval/channel_split.json
 """
@@ -20,7 +23,7 @@ import numpy as np
 
 from evals.protocol import Protocol, Split, make_split, validation_protocol
 from retrieval.channel_split import ChannelSplit, Logistic, candidate_features
-from retrieval.repeat import FEATURE_NAMES, TifuParams
+from retrieval.repeat import FEATURE_NAMES, PAIR_FEATURE_NAMES, TifuParams
 from retrieval.service import Retriever, load_or_build_retriever, load_repeat_scores
 from retrieval.settings import RetrievalSettings
 
@@ -34,25 +37,25 @@ def candidate_rows(retriever: Retriever, split: Split, tags: dict[str, list[str]
     ids = retriever.item_ids
     for s in range(0, len(users), chunk):
         batch = users[s:s + chunk]
-        reps = [retriever.repeat.ranked(u, None) for u in batch]
-        seen = [{ids[c] for c, _ in r} for r in reps]
+        reps = [retriever.repeat.candidates(u) for u in batch]
+        seen = [{ids[c] for c in r[0]} for r in reps]
         disc = fused.search_batch(batch, [tags[u] for u in batch], k, exclude_items=seen)
-        for u, rep, d in zip(batch, reps, disc, strict=True):
+        for u, (codes, scores, pairs), d in zip(batch, reps, disc, strict=True):
             feats = retriever.repeat.user_features(u)
             relevant = split.relevant[u]["all"]
-            rep = rep[:k]
-            for ch, lst in (("repeat", [(ids[c], s) for c, s in rep]),
-                            ("discovery", [(c.item_id, c.score) for c in d.candidates])):
-                if not lst:
-                    continue
-                X = candidate_features(np.arange(len(lst)), np.array([s for _, s in lst]), feats)
-                rows[ch][0].append(X)
-                rows[ch][1].append(np.array([i in relevant for i, _ in lst], dtype=np.int8))
-    return {ch: (np.concatenate(x) if x else np.zeros((0, 2 + len(FEATURE_NAMES))),
+            # every bought item: the repeat model re-ranks them all
+            rows["repeat"][0].append(candidate_features(np.arange(len(codes)), scores, feats, pairs))
+            rows["repeat"][1].append(np.array([ids[c] in relevant for c in codes], dtype=np.int8))
+            if d.candidates:
+                rows["discovery"][0].append(candidate_features(np.arange(len(d.candidates)),
+                                                               np.array([c.score for c in d.candidates]), feats))
+                rows["discovery"][1].append(np.array([c.item_id in relevant for c in d.candidates], dtype=np.int8))
+    width = {"repeat": 2 + len(PAIR_FEATURE_NAMES) + len(FEATURE_NAMES), "discovery": 2 + len(FEATURE_NAMES)}
+    return {ch: (np.concatenate(x) if x else np.zeros((0, width[ch])),
                  np.concatenate(y) if y else np.zeros(0, np.int8)) for ch, (x, y) in rows.items()}
 
 
-def fit_logistic(X: np.ndarray, y: np.ndarray, seed: int = 42) -> tuple[Logistic, dict]:
+def fit_logistic(X: np.ndarray, y: np.ndarray, features: list[str], seed: int = 42) -> tuple[Logistic, dict]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
@@ -68,14 +71,15 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, seed: int = 42) -> tuple[Logistic
     p = model.predict(X)
     return model, {"rows": int(len(y)), "positives": int(y.sum()), "base_rate": round(float(y.mean()), 5),
                    "auc_in_sample": round(float(roc_auc_score(y, p)), 4),
-                   "features": ["log1p_rank", "score_over_best", *FEATURE_NAMES],
+                   "features": features,
                    "coef": [round(c, 4) for c in model.coef]}
 
 
 def fit_channel_split(dataset, *, protocol: Protocol | None = None, settings: RetrievalSettings | None = None,
                       tifu: TifuParams | None = None, tags_fn=None, k: int = 50, progress: bool = False,
-                      min_discovery_share: float = 0.1, root=None) -> tuple[ChannelSplit, dict]:
-    """Build (or load) the validation towers, collect candidate rows and fit both channel models."""
+                      min_discovery_share: float | None = None, root=None) -> tuple[ChannelSplit, dict]:
+    """Build (or load) the validation towers, collect candidate rows, fit both channel models and
+    choose the discovery floor on the validation split (``min_discovery_share`` fixes it instead)."""
     from evals.retrieval_eval import user_tags
 
     t0 = time.perf_counter()
@@ -87,13 +91,55 @@ def fit_channel_split(dataset, *, protocol: Protocol | None = None, settings: Re
     tags = (tags_fn or user_tags)(vsplit, dataset)
     rows = candidate_rows(retriever, vsplit, tags, k)
     models, info = {}, {}
+    names = {"repeat": ["log1p_rank", "score_over_best", *PAIR_FEATURE_NAMES, *FEATURE_NAMES],
+             "discovery": ["log1p_rank", "score_over_best", *FEATURE_NAMES]}
     for ch, (X, y) in rows.items():
-        models[ch], info[ch] = fit_logistic(X, y, seed=vsplit.protocol.seed)
-    fitted_on = {"dataset": dataset.name, "validation_cutoff": vsplit.cutoff.isoformat(),
-                 "validation_end": vsplit.end.isoformat(), "users": len(vsplit.users), "k": k,
-                 "tifu": (tifu or TifuParams()).as_dict(), "towers": retriever.directory.name, "channels": info,
-                 "seconds": round(time.perf_counter() - t0, 1)}
-    return ChannelSplit(models=models, min_discovery_share=min_discovery_share, fitted_on=fitted_on), fitted_on
+        models[ch], info[ch] = fit_logistic(X, y, names[ch], seed=vsplit.protocol.seed)
+    split = ChannelSplit(models=models, min_discovery_share=0.0)
+    floor, floor_rows = (choose_floor(retriever, split, vsplit, tags, tifu or TifuParams())
+                         if min_discovery_share is None else (min_discovery_share, []))
+    split.min_discovery_share = floor
+    split.fitted_on = {"dataset": dataset.name, "validation_cutoff": vsplit.cutoff.isoformat(),
+                       "validation_end": vsplit.end.isoformat(), "users": len(vsplit.users), "k": k,
+                       "tifu": (tifu or TifuParams()).as_dict(), "towers": retriever.directory.name, "channels": info,
+                       "min_discovery_share": floor, "floor_rule": FLOOR_RULE, "floor_grid": floor_rows,
+                       "seconds": round(time.perf_counter() - t0, 1)}
+    return split, split.fitted_on
+
+
+FLOOR_GRID = (0.0, 0.05, 0.1, 0.2)
+FLOOR_RULE = ("the largest discovery floor whose served lists keep validation Recall@50/all and NDCG@10/all at "
+              "or above TIFU-KNN's on the same validation split (0 if none does)")
+
+
+def choose_floor(retriever: Retriever, split: ChannelSplit, vsplit: Split, tags: dict[str, list[str]],
+                 tifu: TifuParams) -> tuple[float, list[dict]]:
+    """The discovery floor by :data:`FLOOR_RULE`, with every grid point's validation figures. The split
+    model scored here was fitted on the same validation rows, so its figures are in-sample."""
+    import copy
+
+    from evals.baselines import tifu_knn
+    from evals.metrics import evaluate_lists
+    from evals.retrieval_eval import intentrec_lists
+
+    def figures(lists: dict[int, dict[str, list[str]]]) -> dict[str, float]:
+        m = {}
+        for kk in (10, 50):
+            m.update(evaluate_lists(lists[kk], vsplit.relevant, [kk], vsplit.category_of, vsplit.head,
+                                    len(vsplit.catalogue)))
+        return {key: round(m[key], 5) for key in ("recall@50/all", "ndcg@10/all", "recall@50/explore")}
+
+    t = tifu_knn(vsplit, 50, tifu)
+    base = figures({10: {u: r[:10] for u, r in t.items()}, 50: t})
+    rows = [{"method": "tifu_knn", **base}]
+    for share in FLOOR_GRID:
+        r = copy.copy(retriever)
+        r.split = ChannelSplit(models=split.models, min_discovery_share=share)
+        rows.append({"min_discovery_share": share,
+                     **figures({kk: intentrec_lists(r, vsplit, tags, kk, r.settings.beta) for kk in (10, 50)})})
+    ok = [row["min_discovery_share"] for row in rows[1:]
+          if row["recall@50/all"] >= base["recall@50/all"] and row["ndcg@10/all"] >= base["ndcg@10/all"]]
+    return (max(ok) if ok else 0.0), rows
 
 
 def main() -> None:

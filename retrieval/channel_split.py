@@ -4,13 +4,17 @@ The served list merges two ranked lists: the **repeat** channel (items the user 
 the TIFU-KNN score of ``retrieval/repeat.py``) and the **discovery** channel (items the user never
 bought, by the towers' fused score). Each channel has a small logistic model giving the probability
 that its candidate at rank r is bought in the next window, from the rank, the candidate's score
-relative to the channel's best (repeat channel) and the user's history features
+relative to the channel's best, for repeats the (user, item) re-buy features
+(``retrieval.repeat.pair_features``: share of baskets, days since the item was last bought and over
+its usual interval, bought twice, the item's re-buy rate; so repeats are re-ranked, not only
+counted) and the user's history features
 (``retrieval.repeat.user_features``: baskets, distinct items, repeat share, baskets per week, days
 since the last basket). The list is the k candidates of highest probability, so a household that
 re-buys the same staples every week gets mostly repeats, and one with a short or exploratory history
-gets more discovery, without a fixed ratio. A share ``min_discovery_share`` of the k slots (10%,
-rounded) is always discovery: RecGPT shows intent items beside the collaborative ones, and the floor
-keeps them visible for every user.
+gets more discovery, without a fixed ratio. A share ``min_discovery_share`` of the k slots (rounded)
+is always discovery: RecGPT shows intent items beside the collaborative ones, and the floor keeps
+them visible for every user. The fit chooses it on validation (the most discovery that keeps
+TIFU-KNN's accuracy); the graph asks for more (``Context.discovery_share``).
 
 The models are fitted on a validation split before T (``evals/channel_split_fit.py``) and stored as
 JSON (``channel_split.json`` beside this file is the served default; no pickle). Without a fitted
@@ -31,14 +35,20 @@ DEFAULT_PATH = Path(__file__).with_name("channel_split.json")
 CHANNELS = ("repeat", "discovery")
 
 
-def candidate_features(ranks: np.ndarray, scores: np.ndarray, user_feats: np.ndarray) -> np.ndarray:
-    """Feature rows for one user's candidates of one channel: [log1p(rank), score / best score, *user]."""
+def candidate_features(ranks: np.ndarray, scores: np.ndarray, user_feats: np.ndarray,
+                       pairs: np.ndarray | None = None) -> np.ndarray:
+    """Feature rows for one user's candidates of one channel: [log1p(rank), score / best score,
+    *pair features (repeat channel: ``retrieval.repeat.pair_features``), *user features]."""
     ranks = np.asarray(ranks, np.float64)
     scores = np.asarray(scores, np.float64)
-    best = scores.max() if len(scores) else 1.0
+    n_pair = 0 if pairs is None else np.asarray(pairs).shape[1]
+    if not len(ranks):
+        return np.zeros((0, 2 + n_pair + len(user_feats)))
+    best = scores.max()
     rel = scores / best if best > 0 else np.zeros_like(scores)
     u = np.broadcast_to(np.asarray(user_feats, np.float64), (len(ranks), len(user_feats)))
-    return np.column_stack([np.log1p(ranks), rel, u]) if len(ranks) else np.zeros((0, 2 + len(user_feats)))
+    cols = [np.log1p(ranks), rel] + ([] if pairs is None else [np.asarray(pairs, np.float64)]) + [u]
+    return np.column_stack(cols)
 
 
 @dataclass
@@ -89,21 +99,23 @@ class ChannelSplit:
         path.write_text(json.dumps(self.as_dict(), indent=1), encoding="utf-8")
         return path
 
-    def probabilities(self, channel: str, scores: np.ndarray, user_feats: np.ndarray) -> np.ndarray:
+    def probabilities(self, channel: str, scores: np.ndarray, user_feats: np.ndarray,
+                      pairs: np.ndarray | None = None) -> np.ndarray:
         n = len(scores)
         if self.models is None:  # repeats by score first, then discovery in its own order
             base = 2.0 if channel == "repeat" else 1.0
             return base - np.arange(n) / max(n, 1) * 0.5
-        return self.models[channel].predict(candidate_features(np.arange(n), scores, user_feats))
+        return self.models[channel].predict(candidate_features(np.arange(n), scores, user_feats, pairs))
 
     def merge(self, repeat: list[tuple[int, float]], discovery: list[tuple[int, float]], user_feats: np.ndarray,
-              k: int) -> list[tuple[int, str, float]]:
+              k: int, repeat_pairs: np.ndarray | None = None) -> list[tuple[int, str, float]]:
         """The k candidates of highest probability, as (code, channel, probability), best first. Each list is
-        (code, score) best first; a code in both lists counts once, in the repeat channel; at least
+        (code, score) best first (``repeat_pairs``: the repeat candidates' pair features, row by row); a
+        code in both lists counts once, in the repeat channel; at least
         ``min(round(min_discovery_share·k), len(discovery))`` discovery candidates are kept."""
         rep_codes = {c for c, _ in repeat}
         discovery = [(c, s) for c, s in discovery if c not in rep_codes]
-        p_r = self.probabilities("repeat", np.array([s for _, s in repeat]), user_feats)
+        p_r = self.probabilities("repeat", np.array([s for _, s in repeat]), user_feats, repeat_pairs)
         p_d = self.probabilities("discovery", np.array([s for _, s in discovery]), user_feats)
         pool = ([(float(p), 0, i, c, "repeat") for i, ((c, _), p) in enumerate(zip(repeat, p_r, strict=True))]
                 + [(float(p), 1, i, c, "discovery") for i, ((c, _), p) in enumerate(zip(discovery, p_d, strict=True))])

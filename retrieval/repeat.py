@@ -141,7 +141,7 @@ class BasketHistory:
 
 def user_vectors(h: BasketHistory, p: TifuParams) -> sp.csr_matrix:
     """TIFU user vectors (n_users × n_items), the paper's within-group and across-group decays."""
-    if p.groups < 1 or not (0 < p.within_decay <= 1) or not (0 < p.group_decay <= 1):
+    if p.groups < 1 or not (0 < p.within_decay <= 1) or not (0 < p.group_decay <= 1) or not (0 < p.alpha <= 1):
         raise DataError(f"TIFU-KNN parameters out of range: {p}")
     shape = (len(h.user_ids), len(h.item_ids))
     if len(h.user) == 0:
@@ -242,10 +242,59 @@ def user_features(h: BasketHistory, X_personal: sp.csr_matrix, as_of_day: int) -
 FEATURE_NAMES = ("log_baskets", "log_distinct_items", "repeat_share", "log_baskets_per_week", "log_days_since_last")
 
 
+def pair_features(h: BasketHistory, support: sp.csr_matrix, as_of_day: int) -> np.ndarray:
+    """Per (user, bought item), aligned with ``support``'s CSR entries (sorted indices): what a re-buy
+    depends on beyond the decayed frequency (Li et al.'s next-basket reality check; ReCANet):
+
+    0. share of the user's baskets that hold the item;
+    1. log(1 + days since the user last bought it);
+    2. those days over the user's mean interval between purchases of the item (capped at 10; the
+       user's mean gap between baskets for an item bought once);
+    3. 1 if the item was bought at least twice, else 0;
+    4. the item's re-buy rate over all users (of its buyers, the share who bought it twice or more).
+    """
+    n_users, n_items = support.shape
+    out = np.zeros((support.nnz, 5), np.float64)
+    if support.nnz == 0:
+        return out
+    day = np.concatenate(h.basket_days)[np.concatenate([[0], np.cumsum(h.n_baskets)[:-1]])[h.user] + h.basket]
+    key = h.user * n_items + h.item
+    order = np.argsort(key, kind="stable")
+    k_sorted, d_sorted = key[order], day[order]
+    starts = np.r_[0, np.flatnonzero(k_sorted[1:] != k_sorted[:-1]) + 1]
+    pair_key = k_sorted[starts]
+    count = np.diff(np.r_[starts, len(k_sorted)])
+    first = np.minimum.reduceat(d_sorted, starts)
+    last = np.maximum.reduceat(d_sorted, starts)
+    rows = np.repeat(np.arange(n_users), np.diff(support.indptr))
+    want = rows.astype(np.int64) * n_items + support.indices
+    pos = np.searchsorted(pair_key, want)
+    pos = np.minimum(pos, len(pair_key) - 1)
+    found = pair_key[pos] == want
+    c = np.where(found, count[pos], 0).astype(np.float64)
+    since = np.where(found, as_of_day - last[pos], 0).astype(np.float64)
+    span = np.where(found, last[pos] - first[pos], 0).astype(np.float64)
+    user_gap = np.array([max((d[-1] - d[0]) / max(len(d) - 1, 1), 1.0) for d in h.basket_days])[rows]
+    interval = np.where(c >= 2, np.maximum(span / np.maximum(c - 1, 1), 1.0), user_gap)
+    bought = np.bincount(h.item[order[starts]], minlength=n_items)
+    twice = np.bincount(h.item[order[starts[count >= 2]]], minlength=n_items)
+    rate = np.divide(twice, bought, out=np.zeros(n_items), where=bought > 0)
+    out[:, 0] = c / np.maximum(h.n_baskets[rows], 1)
+    out[:, 1] = np.log1p(np.maximum(since, 0))
+    out[:, 2] = np.minimum(since / interval, 10.0)
+    out[:, 3] = (c >= 2).astype(np.float64)
+    out[:, 4] = rate[support.indices]
+    return out
+
+
+PAIR_FEATURE_NAMES = ("basket_share", "log_days_since_item", "since_over_interval", "bought_twice", "item_rebuy_rate")
+
+
 @dataclass
 class RepeatScores:
-    """Per user, the TIFU-KNN score of every item the user already bought (CSR over catalogue codes) and
-    the user's history features; what the retriever's repeat channel serves."""
+    """Per user, the TIFU-KNN score of every item the user already bought (CSR over catalogue codes),
+    the (user, item) re-buy features aligned with it (:func:`pair_features`) and the user's history
+    features (:func:`user_features`); what the retriever's repeat channel serves."""
     user_ids: list[str]
     ptr: np.ndarray
     idx: np.ndarray
@@ -254,6 +303,7 @@ class RepeatScores:
     params: TifuParams
     basket_mode: str
     as_of_day: int = 0  # the history ends strictly before this day (days since 1970-01-01)
+    pairs: np.ndarray | None = None  # (nnz, len(PAIR_FEATURE_NAMES)) aligned with idx
 
     def __post_init__(self) -> None:
         self._code = {u: i for i, u in enumerate(self.user_ids)}
@@ -269,6 +319,17 @@ class RepeatScores:
         if k is not None:
             order = order[:k]
         return [(int(idx[o]), float(val[o])) for o in order]
+
+    def candidates(self, user_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every bought item of the user: (codes, TIFU scores, pair features), by score (ties: lower code)."""
+        c = self._code.get(user_id)
+        if c is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, len(PAIR_FEATURE_NAMES)), np.float32)
+        a, b = self.ptr[c], self.ptr[c + 1]
+        idx, val = self.idx[a:b], self.val[a:b]
+        order = np.lexsort((idx, -val))
+        pairs = self.pairs[a:b][order] if self.pairs is not None else np.zeros((len(order), len(PAIR_FEATURE_NAMES)))
+        return idx[order], val[order], pairs
 
     def user_features(self, user_id: str) -> np.ndarray | None:
         c = self._code.get(user_id)
@@ -286,15 +347,21 @@ class RepeatScores:
             parts.append(restrict_to_support(predict_scores(X, rows, params, nbrs=nb[rows]), X[rows]))
         S = sp.vstack(parts).tocsr() if parts else sp.csr_matrix((0, len(item_ids)))
         S.sort_indices()
+        support = X.tocsr(copy=True)
+        support.sort_indices()
+        if not np.array_equal(support.indptr, S.indptr) or not np.array_equal(support.indices, S.indices):
+            raise DataError("TIFU-KNN scores lost a bought item (a score of exactly 0)")
         return cls(user_ids=h.user_ids, ptr=S.indptr.astype(np.int64), idx=S.indices.astype(np.int64),
                    val=S.data.astype(np.float32), features=user_features(h, X, as_of_day).astype(np.float32),
-                   params=params, basket_mode=h.mode, as_of_day=int(as_of_day))
+                   params=params, basket_mode=h.mode, as_of_day=int(as_of_day),
+                   pairs=pair_features(h, support, as_of_day).astype(np.float32))
 
     def save(self, path: Path, key: str) -> None:
         """``path`` (safetensors: ptr, idx, val, features) plus ``path.json`` (users, parameters, key)."""
         from safetensors.numpy import save_file
 
-        save_file({"ptr": self.ptr, "idx": self.idx, "val": self.val, "features": self.features}, str(path))
+        save_file({"ptr": self.ptr, "idx": self.idx, "val": self.val, "features": self.features,
+                   "pairs": self.pairs if self.pairs is not None else np.zeros((0, 0), np.float32)}, str(path))
         meta = {"key": key, "user_ids": self.user_ids, "params": self.params.as_dict(), "basket_mode": self.basket_mode,
                 "as_of_day": self.as_of_day}
         path.with_suffix(".json").write_text(json.dumps(meta), encoding="utf-8")
@@ -310,8 +377,11 @@ class RepeatScores:
             if meta.get("key") != key:
                 return None
             arr = load_file(str(path))
+            pairs = arr["pairs"]
+            if pairs.shape != (len(arr["idx"]), len(PAIR_FEATURE_NAMES)):
+                return None
             return cls(user_ids=meta["user_ids"], ptr=arr["ptr"], idx=arr["idx"], val=arr["val"],
                        features=arr["features"], params=TifuParams(**meta["params"]), basket_mode=meta["basket_mode"],
-                       as_of_day=meta["as_of_day"])
+                       as_of_day=meta["as_of_day"], pairs=pairs)
         except (FileNotFoundError, ValueError, KeyError, TypeError, SafetensorError):  # stale or damaged: recompute
             return None

@@ -348,8 +348,8 @@ class Retriever:
         if len(excl) != len(user_ids):
             raise RetrievalInputError("exclude_items must have one entry per user")
         # discovery: the fused channels with every item the user bought excluded
-        repeats = [self.repeat.ranked(u) if self.knows_user(u) else [] for u in user_ids]
-        disc_excl = [set(ex or ()) | {self.index.item_ids[c] for c, _ in rep} for ex, rep in zip(excl, repeats, strict=True)]
+        repeats = [self.repeat.candidates(u if self.knows_user(u) else "") for u in user_ids]
+        disc_excl = [set(ex or ()) | {self.index.item_ids[c] for c in rep[0]} for ex, rep in zip(excl, repeats, strict=True)]
         disc = self._fused_batch(user_ids, tags, k, beta=beta, per_tag_quota=per_tag_quota, exclude_items=disc_excl,
                                  new_items_only=new_items_only)
         split = self.split if min_discovery_share is None else \
@@ -364,10 +364,12 @@ class Retriever:
                                         flags=[*d.flags, "no_repeat_history"]))
                 continue
             ex_codes = {self._item_code[i] for i in (ex or ()) if i in self._item_code}
-            rep = [(c, s) for c, s in rep if c not in ex_codes][:len(d.candidates) + k]
+            codes, scores, pairs = rep
+            keep = np.array([int(c) not in ex_codes for c in codes], dtype=bool)
+            rep = [(int(c), float(s)) for c, s in zip(codes[keep], scores[keep], strict=True)]
             by_code = {self._item_code[c.item_id]: c for c in d.candidates}
             merged = split.merge(rep, [(self._item_code[c.item_id], c.score) for c in d.candidates], feats,
-                                      min(k, len(self.index)))
+                                 min(k, len(self.index)), repeat_pairs=pairs[keep])
             rep_score = dict(rep)
             cands = []
             for code, channel, prob in merged:
@@ -580,7 +582,7 @@ def load_repeat_scores(directory: Path, dataset: Dataset, settings: RetrievalSet
     """The repeat channel's TIFU-KNN scores as of the build's cutoff: cached beside the index
     (``repeat.safetensors`` + ``repeat.json``), computed from the dataset on first use."""
     params = params or TifuParams()
-    key = hashlib.sha256(json.dumps({"params": params.as_dict(), "model": config.get("model_hash"),
+    key = hashlib.sha256(json.dumps({"format": 2, "params": params.as_dict(), "model": config.get("model_hash"),
                                      "data": config.get("fingerprint"), "cutoff": str(settings.cutoff),
                                      "max_users": settings.max_users}, sort_keys=True).encode()).hexdigest()[:16]
     path = directory / "repeat.safetensors"

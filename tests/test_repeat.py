@@ -108,6 +108,16 @@ def test_fallback_split_puts_repeats_first_and_keeps_the_discovery_floor():
     assert [p for *_, p in out] == sorted((p for *_, p in out), reverse=True)
 
 
+def test_repeat_model_reranks_with_pair_features():
+    # the repeat model prefers a high "since over interval" (due again) over the TIFU rank
+    rep_m = Logistic(mean=[0.0] * 4, scale=[1.0] * 4, coef=[0.0, 0.0, 2.0, 0.0], intercept=-1.0)
+    disc_m = Logistic(mean=[0.0] * 3, scale=[1.0] * 3, coef=[0.0, 0.0, 0.0], intercept=-5.0)
+    split = ChannelSplit(models={"repeat": rep_m, "discovery": disc_m}, min_discovery_share=0.0)
+    out = split.merge([(1, 3.0), (2, 2.0), (3, 1.0)], [(9, 1.0)], np.array([0.0]), 2,
+                      repeat_pairs=np.array([[0.1], [2.0], [1.0]]))
+    assert [c for c, *_ in out] == [2, 3]
+
+
 def test_fitted_split_follows_the_probabilities_per_user():
     # repeat probability falls fast with rank; discovery is flat and rises with the user's feature 0
     rep_m = Logistic(mean=[0.0] * 3, scale=[1.0] * 3, coef=[-2.0, 0.0, 0.0], intercept=1.0)
@@ -137,3 +147,20 @@ def test_split_model_file_round_trip_and_errors(tmp_path):
         ChannelSplit.load(tmp_path / "bad.json")
     with pytest.raises(DataError, match="expects 2 features"):
         m.predict(np.zeros((1, 3)))
+
+
+def test_pair_features_by_hand():
+    day10 = int(datetime(2017, 1, 10).timestamp() // 86400)
+    rs = RepeatScores.compute(BEHAVIORS, ITEMS, P, as_of_day=day10)
+    codes, scores, pairs = rs.candidates("A")
+    assert [ITEMS[c] for c in codes] == ["y", "x", "z"] and list(scores) == sorted(scores, reverse=True)
+    assert pairs[:, 0] == pytest.approx([1 / 3, 2 / 3, 1 / 3])  # share of A's 3 baskets
+    assert pairs[:, 1] == pytest.approx(np.log1p([8, 8, 7]))  # last bought on the 2nd, 2nd, 3rd
+    # x: 8 days over its own 1-day interval; y and z (bought once): over A's mean basket gap of 1 day
+    assert pairs[:, 2] == pytest.approx([8, 8, 7])
+    assert pairs[:, 3].tolist() == [0, 1, 0]
+    assert pairs[:, 4] == pytest.approx([0.0, 1.0, 0.0])  # y: A and B bought it once each; x: A twice
+    c_codes, _, c_pairs = rs.candidates("C")
+    assert [ITEMS[c] for c in c_codes] == ["w"] and c_pairs[0, 0] == 1.0 and c_pairs[0, 4] == 1.0
+    empty = rs.candidates("nobody")
+    assert len(empty[0]) == 0 and empty[2].shape == (0, 5)
