@@ -308,7 +308,10 @@ class Retriever:
             from retrieval.interests import InterestChannel  # it imports this module
 
             self._interests = InterestChannel(self)
-        return [f"{a.label}: {a.share:.0%} of purchases" for a in self._interests.describe(user_id)]
+        shares: dict[str, float] = {}
+        for a in self._interests.describe(user_id):  # two cells can share a majority category: one line
+            shares[a.label] = shares.get(a.label, 0.0) + a.share
+        return [f"{label}: {share:.0%} of purchases" for label, share in sorted(shares.items(), key=lambda x: -x[1])]
 
     @torch.no_grad()
     def tag_vectors(self, tags: Sequence[str]) -> np.ndarray:

@@ -4,8 +4,9 @@ seconds; every test in this file shares one build."""
 
 from __future__ import annotations
 
+import copy
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -21,6 +22,7 @@ from retrieval.catalogue import (
     load_llm_tag_pairs,
     recent_category_tags,
 )
+from retrieval.channel_split import ChannelSplit
 from retrieval.data import build_interactions
 from retrieval.errors import EmptyTagsError, RetrievalInputError
 from retrieval.service import artifact_dir, load_or_build_retriever, slice_behaviors
@@ -268,26 +270,32 @@ def test_search_batch_matches_single_search(retriever, user_and_tags):
 
 
 def test_repeat_aware_search_splits_bought_and_new_items(retriever, user_and_tags):
-    """The served default: items the user bought come from the repeat channel in TIFU-KNN order, every
-    other item from the fused channels with bought items excluded, at least 10% of k discovery."""
+    """The served default: items the user bought come from the repeat channel, every other item from the
+    fused channels with bought items excluded, merged by the channel split model's probabilities."""
     u, tags = user_and_tags
     res = retriever.search(u, tags, 20)
-    assert res.flags == []
+    assert res.flags == [] and retriever.split.models is not None  # the packaged, validation-fitted model
     seen = {retriever.item_ids[c] for c in retriever.seen_items(u)}
     ids = [c.item_id for c in res.candidates]
     assert len(ids) == 20 and len(set(ids)) == 20
     rep = [c for c in res.candidates if c.channel == "repeat"]
     disc = [c for c in res.candidates if c.channel == "discovery"]
-    assert len(rep) + len(disc) == 20 and len(disc) >= 2 and rep
+    assert len(rep) + len(disc) == 20 and rep
+    assert len(disc) >= round(retriever.split.min_discovery_share * 20)
     assert all(c.item_id in seen and c.sources == ["repeat"] for c in rep)
     assert all(c.item_id not in seen and set(c.sources) <= {"user", "tag"} for c in disc)
     probs = [c.probability for c in res.candidates]
     assert probs == sorted(probs, reverse=True)
-    # the repeat candidates are the user's top TIFU-KNN items, in that order
-    top = [retriever.item_ids[c] for c, _ in retriever.repeat.ranked(u, len(rep))]
-    assert [c.item_id for c in rep] == top
+    # without a fitted model: repeats in TIFU-KNN order first, then the 10% discovery floor
+    plain = copy.copy(retriever)
+    plain.split = ChannelSplit.fallback(0.1)
+    res = plain.search(u, tags, 20)
+    rep = [c for c in res.candidates if c.channel == "repeat"]
+    disc = [c for c in res.candidates if c.channel == "discovery"]
+    assert len(rep) == 18 and len(disc) == 2
+    assert [c.item_id for c in rep] == [retriever.item_ids[c] for c, _ in retriever.repeat.ranked(u, 18)]
     # an item the caller excludes never comes back through either channel
-    again = retriever.search(u, tags, 20, exclude_items={rep[0].item_id, disc[0].item_id})
+    again = plain.search(u, tags, 20, exclude_items={rep[0].item_id, disc[0].item_id})
     assert {rep[0].item_id, disc[0].item_id}.isdisjoint(c.item_id for c in again.candidates)
     assert "excluded_items:2" in again.flags
     # the graph asks for a larger discovery floor
@@ -302,3 +310,15 @@ def test_unknown_user_gets_discovery_only(retriever, user_and_tags):
     res = retriever.search("no-such-user", tags, 5)
     assert res.flags[:2] == ["unknown_user", "tag_channel_only"] and "no_repeat_history" in res.flags
     assert all(c.channel == "discovery" for c in res.candidates)
+
+
+def test_interest_agents_in_words_and_never_from_the_future(retriever, user_and_tags):
+    """The HiSAC agents the graph hands the planner: a few readable lines, one per category, and none
+    for a run dated before the end of the history the index was built on."""
+    u, _ = user_and_tags
+    lines = retriever.interest_evidence(u, now=CUTOFF)
+    assert 1 <= len(lines) <= 4 and all(line.endswith("% of purchases") for line in lines)
+    labels = [line.rsplit(":", 1)[0] for line in lines]
+    assert len(set(labels)) == len(labels) and all(labels)
+    assert retriever.interest_evidence(u, now=CUTOFF - timedelta(days=1)) == []
+    assert retriever.interest_evidence("no-such-user", now=CUTOFF) == []
