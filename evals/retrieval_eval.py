@@ -58,7 +58,7 @@ log = get_logger(__name__)
 METHODS = ("popularity", "top_frequency", "tifu_knn", "item_knn", "sasrec", "intentrec_collab", "intentrec_tag",
            "intentrec_fused", "ablation_no_repeat_channel", "ablation_split_repeats_first", "ablation_fused_sum",
            "ablation_fused_tag_repeats", "discovery_collab", "discovery_fused", "hisac", "ablation_hisac_hard",
-           "ablation_hisac_all_agents")
+           "ablation_hisac_kmeans_ids", "ablation_hisac_all_agents")
 LABELS = {
     "popularity": "popularity",
     "top_frequency": "personal top-frequency",
@@ -74,11 +74,13 @@ LABELS = {
     "ablation_fused_tag_repeats": "ablation: no repeat channel, tag channel may repeat",
     "discovery_collab": "discovery: user tower, seen excluded (single vector)",
     "discovery_fused": "discovery: fused user/tag, seen excluded",
-    "hisac": "discovery: HiSAC agents (voting, soft routing)",
+    "hisac": "discovery: HiSAC agents (voting, soft routing, IDs from the category tree where there is one)",
     "ablation_hisac_hard": "ablation: HiSAC, hard routing",
+    "ablation_hisac_kmeans_ids": "ablation: HiSAC, semantic IDs from residual k-means only",
     "ablation_hisac_all_agents": "ablation: HiSAC, no voting (all agents)",
 }
-DISCOVERY = ("discovery_collab", "discovery_fused", "hisac", "ablation_hisac_hard", "ablation_hisac_all_agents")
+DISCOVERY = ("discovery_collab", "discovery_fused", "hisac", "ablation_hisac_hard", "ablation_hisac_kmeans_ids",
+             "ablation_hisac_all_agents")
 
 
 def user_tags(split: Split, dataset, n: int = 10, level: str = "category") -> dict[str, list[str]]:
@@ -144,7 +146,7 @@ def hisac_stats(channel: InterestChannel, split: Split, n_examples: int = 3) -> 
         n_agents.append(len(channel.agents(u)))
         n_events.append(sum(split.train_counts[u].values()))
     mean_agents = float(np.mean(n_agents)) if n_agents else 0.0
-    return {"levels": list(channel.sids.levels), "agents_per_user": round(mean_agents, 3),
+    return {"semantic_ids": channel.ids, "levels": list(channel.sids.levels), "agents_per_user": round(mean_agents, 3),
             "history_events_per_user": round(float(np.mean(n_events)), 1) if n_events else 0.0,
             "compression_ratio": round(float(np.mean(n_events)) / mean_agents, 1) if mean_agents else None,
             "max_agents": channel.max_agents, "top_parents": channel.top_parents,
@@ -282,6 +284,7 @@ def run_retrieval_eval(dataset: str = "completejourney", *, protocol: Protocol |
                 "ablation_fused_tag_repeats": (b, no_rep | {"tag_new_items_only": False}, False),
                 "discovery_collab": (1.0, no_rep, True), "discovery_fused": (b, no_rep, True)}
     hisac_variants = {"hisac": ("soft", True), "ablation_hisac_hard": ("hard", True),
+                      "ablation_hisac_kmeans_ids": ("soft", True),
                       "ablation_hisac_all_agents": ("soft", False)}
     retriever = None
     if any(m in methods for m in (*variants, *hisac_variants)):
@@ -313,11 +316,14 @@ def run_retrieval_eval(dataset: str = "completejourney", *, protocol: Protocol |
             timings[name] = round(time.perf_counter() - t0, 2)
         if any(m in methods for m in hisac_variants):
             channel = timed("hisac_semantic_ids", lambda: InterestChannel(retriever))
+            kmeans = (timed("hisac_semantic_ids_kmeans", lambda: InterestChannel(retriever, ids="kmeans"))
+                      if "ablation_hisac_kmeans_ids" in methods else None)
             for name, (routing, voting) in hisac_variants.items():
                 if name not in methods:
                     continue
                 t0 = time.perf_counter()
-                res = {u: channel.search(u, kmax, routing=routing, voting=voting) for u in split.users}
+                ch = kmeans if name == "ablation_hisac_kmeans_ids" else channel
+                res = {u: ch.search(u, kmax, routing=routing, voting=voting) for u in split.users}
                 lists[name] = {k: {u: [c.item_id for c in r.candidates] for u, r in res.items()} for k in ks}
                 timings[name] = round(time.perf_counter() - t0, 2)
             extra["hisac"] = hisac_stats(channel, split)

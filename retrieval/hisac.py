@@ -182,6 +182,29 @@ class SemanticIds:
             residual -= centroids[assign]
         return cls.from_prefix_codes(books, np.column_stack(cols), seed=seed, requested_levels=levels)
 
+    @classmethod
+    def from_tree(cls, item_vecs: np.ndarray, level1: Sequence[str | None], level2: Sequence[str | None], *,
+                  seed: int = 42) -> SemanticIds:
+        """Levels 1 and 2 follow a category tree (e.g. department > category) instead of k-means, so an
+        agent is a category a person can name: the level-1 centroid is the mean item vector of its
+        department, the level-2 codebook the mean residual of each category; a blank label is a code
+        of its own. The dedup digit makes IDs unique as in :meth:`build`."""
+        x = np.ascontiguousarray(item_vecs, dtype=np.float32)
+        if x.ndim != 2 or x.shape[0] == 0 or len(level1) != x.shape[0] or len(level2) != x.shape[0]:
+            raise ValueError("item_vecs must be (n_items, d) with one level-1 and one level-2 label per item")
+        books, cols = [], []
+        residual = x.astype(np.float64)
+        for labels in (level1, level2):
+            _, code = np.unique(np.array([str(v or "") for v in labels], dtype=object), return_inverse=True)
+            code = code.astype(np.int64)
+            sums = np.zeros((int(code.max()) + 1, x.shape[1]))
+            np.add.at(sums, code, residual)
+            book = sums / np.bincount(code)[:, None]
+            books.append(book.astype(np.float32))
+            cols.append(code)
+            residual = residual - book[code]
+        return cls.from_prefix_codes(books, np.column_stack(cols), seed=seed)
+
     # ---- look-ups
     @property
     def n_items(self) -> int:

@@ -1,8 +1,10 @@
 """The HiSAC interest channel of a built retriever: a few interest agents per user, one FAISS query each.
 
 :class:`InterestChannel` binds ``retrieval/hisac.py`` to a :class:`retrieval.service.Retriever`:
-semantic IDs over the retriever's item-tower vectors (built on first use and cached beside the index
-as ``semantic_ids.safetensors`` + ``.json``), the user's history as the repeat channel's bought items
+semantic IDs over the retriever's item-tower vectors whose two levels follow the catalogue's category
+tree where it has one (top of the path > category: an agent is a category a person can name) and
+come from residual k-means otherwise (``ids="kmeans"`` forces it; both cached beside the index as
+``semantic_ids.safetensors`` + ``.json``, the tree IDs in ``semantic_ids_tree/``), the user's history as the repeat channel's bought items
 weighted by their TIFU-KNN score (time-decayed frequency), agents by hierarchical voting, agent
 vectors by soft routing, and a quota merge over the agents' FAISS results. It is a discovery channel:
 items the user already bought are skipped. :meth:`InterestChannel.describe` gives the agents in words
@@ -34,25 +36,42 @@ class AgentView:
     n_items: int  # the user's distinct items in the cell
 
 
+IdSource = Literal["auto", "tree", "kmeans"]
+
+
 class InterestChannel:
     def __init__(self, retriever: Retriever, sids: SemanticIds | None = None, *, max_agents: int = 4,
-                 top_parents: int = 2, top_children: int = 2, temperature: float = 0.1):
+                 top_parents: int = 2, top_children: int = 2, temperature: float = 0.1, ids: IdSource = "auto"):
         if retriever.repeat is None:
             raise RetrievalInputError("the interest channel needs the retriever's purchase histories "
-                                   "(load the retriever with its dataset)")
+                                      "(load the retriever with its dataset)")
         self.r = retriever
-        self.sids = sids or self._load_or_build()
+        tree = self.tree_labels() if ids != "kmeans" else None
+        if ids == "tree" and tree is None:
+            raise RetrievalInputError("semantic IDs from the category tree need a category on at least 90% of "
+                                      "the items and two or more categories")
+        self.ids = "tree" if tree is not None else "kmeans"
+        self.sids = sids or self._load_or_build(tree)
         self.max_agents, self.top_parents, self.top_children = max_agents, top_parents, top_children
         self.temperature = temperature
         self._labels: dict | None = None
 
-    def _load_or_build(self) -> SemanticIds:
+    def tree_labels(self) -> tuple[list[str], list[str]] | None:
+        """(top of the category path, category) per item when the catalogue has a category tree."""
+        cats = self.r.categories
+        if sum(1 for c in cats if c) < 0.9 * len(cats) or len(set(cats) - {""}) < 2:
+            return None
+        return [p.split(" > ")[0].strip() for p in self.r.paths], list(cats)
+
+    def _load_or_build(self, tree: tuple[list[str], list[str]] | None) -> SemanticIds:
         d = self.r.directory
-        if d is not None and (d / "semantic_ids.json").exists():
-            return SemanticIds.load(d)
-        sids = SemanticIds.build(self.r.item_vecs, seed=self.r.settings.seed)
-        if d is not None:
-            sids.save(d)
+        folder = None if d is None else (d / "semantic_ids_tree" if tree is not None else d)
+        if folder is not None and (folder / "semantic_ids.json").exists():
+            return SemanticIds.load(folder)
+        sids = (SemanticIds.from_tree(self.r.item_vecs, *tree, seed=self.r.settings.seed) if tree is not None
+                else SemanticIds.build(self.r.item_vecs, seed=self.r.settings.seed))
+        if folder is not None:
+            sids.save(folder)
         return sids
 
     def history(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:

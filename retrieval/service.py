@@ -239,8 +239,9 @@ class Retriever:
                  encoder: TextEncoder, titles: list[str], categories: list[str], settings: RetrievalSettings,
                  config: dict, directory: Path | None = None, user_item_ptr: np.ndarray | None = None,
                  user_item_idx: np.ndarray | None = None, repeat: RepeatScores | None = None,
-                 split: ChannelSplit | None = None):
+                 split: ChannelSplit | None = None, paths: list[str] | None = None):
         self.index = index
+        self.paths = paths if paths is not None else [""] * len(titles)
         self._interests = None
         self.repeat = repeat
         self.split = split
@@ -566,11 +567,11 @@ class Retriever:
             faiss.omp_set_num_threads(stored.num_threads)
         enc = encoder or TextEncoder(stored.text_model)
         enc.remember(tag_texts, tag_emb)
-        titles, cats = _item_text_columns(dataset, index.item_ids)
+        titles, cats, paths = _item_text_columns(dataset, index.item_ids)
         if len(item_ptr) != len(user_ids) + 1 or (len(item_idx) and item_idx.max() >= len(index)):
             raise IndexMismatchError(directory, "per-user item lists do not match the users or the index")
         repeat = load_repeat_scores(directory, dataset, stored, config, index.item_ids) if dataset is not None else None
-        return cls(index=index, user_ids=user_ids, user_vecs=users, tag_tower=tower, encoder=enc, titles=titles,
+        return cls(index=index, user_ids=user_ids, user_vecs=users, tag_tower=tower, encoder=enc, titles=titles, paths=paths,
                    categories=cats, settings=stored, config=config, directory=directory, user_item_ptr=item_ptr,
                    user_item_idx=item_idx, repeat=repeat, split=load_channel_split(stored))
 
@@ -607,12 +608,14 @@ def load_repeat_scores(directory: Path, dataset: Dataset, settings: RetrievalSet
     return scores
 
 
-def _item_text_columns(dataset: Dataset | None, item_ids: list[str]) -> tuple[list[str], list[str]]:
+def _item_text_columns(dataset: Dataset | None, item_ids: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """Titles, categories and category paths in index order ("" where missing)."""
     if dataset is None:
-        return [""] * len(item_ids), [""] * len(item_ids)
+        return [""] * len(item_ids), [""] * len(item_ids), [""] * len(item_ids)
     df = pl.DataFrame({"item_id": item_ids}).join(
-        dataset.items.select("item_id", "title", "category"), on="item_id", how="left", maintain_order="left")
-    return df["title"].fill_null("").to_list(), df["category"].fill_null("").to_list()
+        dataset.items.select("item_id", "title", "category", "category_path"), on="item_id", how="left",
+        maintain_order="left")
+    return tuple(df[c].fill_null("").to_list() for c in ("title", "category", "category_path"))
 
 
 # ----- build / cache ----------------------------------------------------------------------------------

@@ -156,3 +156,20 @@ def test_search_agents_quotas_exclusion_dedup_and_fill():
     assert {c: a for c, _, a in out} == {10: 0, 12: 0, 13: 0, 14: 0, 15: 0, 16: 0, 20: 1, 21: 1, 22: 1, 30: 2}
     scores = [s for _, s, _ in out]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_semantic_ids_from_a_category_tree():
+    """Levels follow department > category: the level-1 centroid is the department's mean vector, the
+    level-2 codebook the category's mean residual, so a cell's centroid is its category's mean."""
+    vecs = np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [0.0, 4.0], [5.0, 5.0]], dtype=np.float32)
+    dept = ["food", "food", "food", "food", ""]
+    cat = ["fruit", "fruit", "bread", "bread", ""]
+    sids = SemanticIds.from_tree(vecs, dept, cat)
+    assert sids.levels == (2, 3)  # "" is a code of its own at both levels
+    assert len({sids.sid_of(i) for i in range(5)}) == 5 and sids.item_of(sids.sid_of(3)) == 3
+    l1, l2 = sids.cells(np.arange(5))
+    assert l1[0] == l1[2] != l1[4] and l2[0] == l2[1] != l2[2]
+    np.testing.assert_allclose(sids.reconstruct(int(l1[0]), int(l2[0])), [2.0, 0.0], atol=1e-6)  # fruit mean
+    np.testing.assert_allclose(sids.reconstruct(int(l1[2]), int(l2[2])), [0.0, 3.0], atol=1e-6)  # bread mean
+    labels = sids.labels(cat)
+    assert labels[(int(l1[0]), int(l2[0]))] == "fruit (100%)"

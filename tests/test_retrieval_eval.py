@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 METHODS = ("popularity", "top_frequency", "tifu_knn", "item_knn", "intentrec_fused", "ablation_no_repeat_channel",
            "ablation_split_repeats_first", "discovery_collab", "hisac", "ablation_hisac_hard",
-           "ablation_hisac_all_agents")
+           "ablation_hisac_kmeans_ids", "ablation_hisac_all_agents")
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +65,4 @@ def test_checks_and_notes_carry_the_numbers(report):
     assert any(n.startswith("Paired Recall@50/all, fused vs TIFU-KNN") for n in report["notes"])
     h = report["details"]["hisac"]
     assert 1 <= h["agents_per_user"] <= 4 and h["compression_ratio"] > 1
+    assert h["semantic_ids"] == "tree"  # completejourney has department > category
