@@ -24,7 +24,7 @@ import numpy as np
 from evals.protocol import Protocol, Split, make_split, validation_protocol
 from retrieval.channel_split import ChannelSplit, Logistic, candidate_features
 from retrieval.repeat import FEATURE_NAMES, PAIR_FEATURE_NAMES, TifuParams
-from retrieval.service import Retriever, load_or_build_retriever, load_repeat_scores
+from retrieval.service import Retriever, load_or_build_retriever
 from retrieval.settings import RetrievalSettings
 
 
@@ -86,8 +86,7 @@ def fit_channel_split(dataset, *, protocol: Protocol | None = None, settings: Re
     vsplit = make_split(dataset, validation_protocol(dataset, protocol))
     vset = (settings or RetrievalSettings()).model_copy(update={"cutoff": vsplit.cutoff})
     retriever = load_or_build_retriever(dataset, vset, progress, root=root)
-    retriever.repeat = load_repeat_scores(retriever.directory, dataset, retriever.settings, retriever.config,
-                                          retriever.item_ids, params=tifu)
+    retriever.use_tifu(dataset, tifu or TifuParams())
     tags = (tags_fn or user_tags)(vsplit, dataset)
     rows = candidate_rows(retriever, vsplit, tags, k)
     models, info = {}, {}

@@ -49,7 +49,6 @@ from retrieval.service import (
     artifact_dir,
     load_channel_split,
     load_or_build_retriever,
-    load_repeat_scores,
 )
 from retrieval.settings import RetrievalSettings
 
@@ -292,8 +291,7 @@ def run_retrieval_eval(dataset: str = "completejourney", *, protocol: Protocol |
         built_now = rebuild or not (directory / "config.json").exists()
         retriever = timed("intentrec_build_or_load",
                           lambda: load_or_build_retriever(ds, settings, progress, root=root, rebuild=rebuild))
-        retriever.repeat = timed("repeat_scores", lambda: load_repeat_scores(
-            retriever.directory, ds, retriever.settings, retriever.config, retriever.item_ids, params=tifu))
+        timed("repeat_scores", lambda: retriever.use_tifu(ds, tifu))
         tags = timed("user_tags", lambda: user_tags(split, ds, n_recent_tags))
         split_source = "given"
         if split_model is None and ("intentrec_fused" in methods):

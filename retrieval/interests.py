@@ -15,7 +15,6 @@ persona evidence.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -75,8 +74,8 @@ class InterestChannel:
         return sids
 
     def history(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:
-        ranked = self.r.repeat.ranked(user_id)
-        return (np.array([c for c, _ in ranked], np.int64), np.array([s for _, s in ranked], np.float32))
+        codes, scores, _ = self.r.repeat.candidates(user_id)
+        return codes, scores
 
     def agents(self, user_id: str, *, voting: bool = True) -> list[Agent]:
         codes, w = self.history(user_id)
@@ -113,6 +112,3 @@ class InterestChannel:
                            score=float(s), sources=["interest"], channel="discovery") for c, s, _ in hits]
         flags = [] if len(cands) >= k else [f"short_result:{len(cands)}"]
         return SearchResult(candidates=cands, user_known=True, flags=flags)
-
-    def search_batch(self, user_ids: Sequence[str], k: int, **kw) -> list[SearchResult]:
-        return [self.search(u, k, **kw) for u in user_ids]

@@ -310,15 +310,8 @@ class RepeatScores:
 
     def ranked(self, user_id: str, k: int | None = None) -> list[tuple[int, float]]:
         """The user's bought items as (catalogue code, score), best first (ties: lower code)."""
-        c = self._code.get(user_id)
-        if c is None:
-            return []
-        a, b = self.ptr[c], self.ptr[c + 1]
-        idx, val = self.idx[a:b], self.val[a:b]
-        order = np.lexsort((idx, -val))
-        if k is not None:
-            order = order[:k]
-        return [(int(idx[o]), float(val[o])) for o in order]
+        codes, scores, _ = self.candidates(user_id)
+        return [(int(c), float(s)) for c, s in zip(codes[:k], scores[:k], strict=True)]
 
     def candidates(self, user_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every bought item of the user: (codes, TIFU scores, pair features), by score (ties: lower code)."""

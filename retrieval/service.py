@@ -296,6 +296,13 @@ class Retriever:
             return np.zeros(0, dtype=np.int64)
         return self.user_item_idx[self.user_item_ptr[c]:self.user_item_ptr[c + 1]]
 
+    def use_tifu(self, dataset: Dataset, params: TifuParams) -> None:
+        """Serve the repeat channel with these TIFU-KNN parameters (cached like the defaults); a no-op
+        when the loaded scores already use them."""
+        if self.repeat is None or self.repeat.params != params:
+            self.repeat = load_repeat_scores(self.directory, dataset, self.settings, self.config, self.item_ids,
+                                             params=params)
+
     def interest_evidence(self, user_id: str, now: datetime | None = None) -> list[str]:
         """The user's HiSAC interest agents in words ("Cold Cereal: 18% of purchases"), strongest first
         (``retrieval/interests.py``); the graph hands them to the planner. [] without purchase histories,
@@ -305,7 +312,7 @@ class Retriever:
             return []
         if now is not None and now.timestamp() // 86400 < self.repeat.as_of_day:
             return []
-        if getattr(self, "_interests", None) is None:
+        if self._interests is None:
             from retrieval.interests import InterestChannel  # it imports this module
 
             self._interests = InterestChannel(self)
@@ -352,7 +359,7 @@ class Retriever:
         if len(excl) != len(user_ids):
             raise RetrievalInputError("exclude_items must have one entry per user")
         # discovery: the fused channels with every item the user bought excluded
-        repeats = [self.repeat.candidates(u if self.knows_user(u) else "") for u in user_ids]
+        repeats = [self.repeat.candidates(u) for u in user_ids]  # empty for a user without purchases
         disc_excl = [set(ex or ()) | {self.index.item_ids[c] for c in rep[0]} for ex, rep in zip(excl, repeats, strict=True)]
         disc = self._fused_batch(user_ids, tags, k, beta=beta, per_tag_quota=per_tag_quota, exclude_items=disc_excl,
                                  new_items_only=new_items_only)
