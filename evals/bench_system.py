@@ -64,7 +64,9 @@ from core.processes import free_port, stop, wait_http
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("latency", "overhead", "prefix", "throughput", "retrieval", "memory", "llm")
 #: throughput's parts, each selectable alone; ``throughput-vllm`` needs ``app.py llm vllm setup``
-THROUGHPUT_PARTS = ("throughput-scripted", "throughput-server", "throughput-vllm")
+THROUGHPUT_PARTS = ("throughput-scripted", "throughput-server", "throughput-local", "throughput-vllm")
+#: vLLM's continuous batching must give at least this speedup from concurrency 1 to 8 ([3/7])
+VLLM_MIN_SPEEDUP_AT_8 = 2.5
 DEFAULT_NOW = "2017-10-01"
 DEFAULT_LEVELS = (1, 2, 4, 8)
 TOOL_NODES = {"retrieve": "retrieval_s", "prepare": "prepare_s"}
@@ -339,7 +341,7 @@ def _run_batch(store: Any, rec: Any, users: list[str], *, now: str, overrides: d
 
     spec = BatchSpec(now=now, overrides=overrides).model_dump()
     bid = BatchStore(store).create(users, spec=spec, dataset=dataset, engine="local")
-    return execute(store, bid, concurrency=concurrency, rec=rec)
+    return {**execute(store, bid, concurrency=concurrency, rec=rec), "batch_id": bid}
 
 
 # ----- profiling -----------------------------------------------------------------------------------
@@ -738,30 +740,36 @@ def _levels(res: Resources, model: Any, *, levels: Sequence[int], min_users: int
     """users/min at each concurrency level through ``model``, with the server's own counters per level."""
     from intentrec.service import IntentRec, small_model_profile
     from llm.check import CHECK_MESSAGES, ShoppingIntent
+    from evals.run_stats import call_stats
     from llm.structured import structured_call
+    from runlog.batches import BatchStore
     from runlog.store import RunLog
 
     structured_call(model, ShoppingIntent, list(CHECK_MESSAGES))  # warm-up: server detection, method choice
     store = RunLog(workdir / f"{name}.sqlite")
     rec = IntentRec(dataset=res.dataset, retriever=res.retriever, models={"default": model}, runlog=store,
                     **{**small_model_profile(res.dataset, res.encoder), **ctx})
-    pool = res.users(max(max(levels), min_users), seed=3)
+    sizes = [max(min_users, c) for c in levels]
+    # distinct users per level: a server's prefix cache must not carry one level's prompts into the next
+    pool = res.users(sum(sizes), seed=3)
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
     results: dict[int, dict[str, Any]] = {}
-    for c in levels:
-        n = max(min_users, c)
+    for c, n, start in zip(levels, sizes, starts, strict=True):
         before = server_stats()
         load0 = _load()
-        s = _run_batch(store, rec, pool[:n], now=res.now, overrides={}, concurrency=c,
+        s = _run_batch(store, rec, pool[start:start + n], now=res.now, overrides={}, concurrency=c,
                        dataset=res.dataset_spec or res.dataset.name)
         server = stats_delta(before, server_stats())
         if "busy_s" in server:
             server["busy_share_of_wall"] = _r(server["busy_s"] / s["wall_s"], 3) if s["wall_s"] else None
+        runs = [i["run_id"] for i in BatchStore(store).items(s["batch_id"]) if i.get("run_id")]
         results[c] = {"users": n, "users_per_min": s["users_per_min"], "wall_s": s["wall_s"],
                       "done": s["this_run"]["done"], "failed": s["this_run"]["failed"], "load_before": load0,
-                      "server": server}
+                      "server": server, "runs": call_stats(store, runs)}
     tab = throughput_table(results)
-    tab.update({"context": ctx, "structured_method": model.resolve_structured_method(),
-                "max_in_flight": model.max_in_flight()})
+    resolve = getattr(model, "resolve_structured_method", None)  # servers only; local uses a grammar
+    tab.update({"context": ctx, "structured_method": resolve() if resolve else "grammar (GBNF)",
+                "max_in_flight": model.max_in_flight() if hasattr(model, "max_in_flight") else 1})
     return tab
 
 
@@ -800,6 +808,23 @@ def section_throughput_server(res: Resources, *, levels: Sequence[int], min_user
         return tab
     finally:
         stop(proc, 15)
+
+
+def section_throughput_local(res: Resources, *, levels: Sequence[int], min_users: int, workdir: Path,
+                             threads: int | None = None, ctx: dict[str, Any] | None = None) -> dict[str, Any]:
+    """users/min at each concurrency with the embedded model in process (the default backend), on the
+    same users and context as the server sections."""
+    from llm.factory import make_chat_model
+    from llm.settings import LLMSettings
+
+    ctx = dict(SERVER_CONTEXT if ctx is None else ctx)
+    model = make_chat_model(LLMSettings(backend="local", n_threads=threads))
+    tab = _levels(res, model, levels=levels, min_users=min_users, workdir=workdir, ctx=ctx, name="local",
+                  server_stats=lambda: None, stats_delta=lambda _a, _b: {})
+    tab.update({"server": f"in-process llama.cpp (llama-cpp-python {_version('llama_cpp_python')}), embedded GGUF, "
+                          f"threads {threads or 'auto (physical cores)'}",
+                "server_concurrency": "one llama.cpp context behind a lock: one call is decoded at a time"})
+    return tab
 
 
 def section_throughput_vllm(res: Resources, *, levels: Sequence[int], min_users: int, workdir: Path,
@@ -986,6 +1011,14 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
             "pass": all(e is not None and e >= NEAR_LINEAR_EFFICIENCY for e in effs.values())}
     else:
         out["scripted_throughput_near_linear_1_to_8"] = {"measured": None, "pass": None}
+    vl = (s.get("throughput") or {}).get("vllm") or {}
+    rows = vl.get("by_concurrency") or {}
+    if "1" in rows and "8" in rows and rows["1"]["users_per_min"]:
+        ratio = _r(rows["8"]["users_per_min"] / rows["1"]["users_per_min"], 3)
+        out["vllm_throughput_c8_over_c1"] = {"measured": ratio, "target": f">= {VLLM_MIN_SPEEDUP_AT_8} (users/min)",
+                                             "pass": ratio is not None and ratio >= VLLM_MIN_SPEEDUP_AT_8}
+    else:
+        out["vllm_throughput_c8_over_c1"] = {"measured": None, "pass": None}
     return out
 
 
@@ -993,7 +1026,7 @@ def run_system_bench(*, sections: Sequence[str] = SECTIONS, users: int = 2, batc
                      runlog: str | None = None, dataset: str | None = None, now: str = DEFAULT_NOW,
                      index_cutoff: str | None = None, levels: Sequence[int] = DEFAULT_LEVELS,
                      scripted_users: int = 16, delay_ms: float = 100.0, slow_delay_ms: float = 500.0,
-                     server_users: int = 3,
+                     server_users: int = 3, vllm_users: int | None = None,
                      overhead_users: int = 8, prefix_user: str = "1", prefix_reps: int = 1, llm_reps: int = 5,
                      threads: int | None = None, profile: bool = True, memory_timeout_s: float = 900,
                      argv: Sequence[str] | None = None,
@@ -1053,8 +1086,11 @@ def run_system_bench(*, sections: Sequence[str] = SECTIONS, users: int = 2, batc
         if "throughput-server" in want:
             run("throughput-server", lambda: section_throughput_server(res, levels=levels, min_users=server_users,
                                                                          workdir=work, threads=threads or 1))
+        if "throughput-local" in want:
+            run("throughput-local", lambda: section_throughput_local(res, levels=levels, min_users=server_users,
+                                                                       workdir=work, threads=threads))
         if "throughput-vllm" in want:
-            run("throughput-vllm", lambda: section_throughput_vllm(res, levels=levels, min_users=server_users,
+            run("throughput-vllm", lambda: section_throughput_vllm(res, levels=levels, min_users=vllm_users or server_users,
                                                                      workdir=work))
         if "memory" in want:
             run("memory", lambda: section_memory(res, workdir=work, timeout_s=memory_timeout_s))
@@ -1119,7 +1155,8 @@ def print_report(res: dict[str, Any]) -> None:
                   f"(×{pre['expert_broken_over_identical']['prompt_eval_time']}; evaluated tokens "
                   f"{a['evaluated_tokens_median']} vs {b['evaluated_tokens_median']})")
     thr = s.get("throughput") or {}
-    for name, block in (("llama.cpp server", thr.get("server")), ("vLLM", thr.get("vllm")),
+    for name, block in (("llama.cpp server", thr.get("server")), ("llama.cpp in process", thr.get("local")),
+                        ("vLLM", thr.get("vllm")),
                         *(((f"scripted/{k}", v) for k, v in
                                                          (thr.get("scripted") or {}).get("variants", {}).items()))):
         if not block or "by_concurrency" not in block:

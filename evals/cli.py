@@ -153,6 +153,33 @@ def eval_tags(
         render(report)
 
 
+@eval_app.command("tags-compare")
+def eval_tags_compare(
+    batch: list[str] = typer.Option(..., "--batch", help="A finished 'eval tags' batch; give it twice."),
+    name: list[str] = typer.Option(None, "--name", help="A label per batch, in the same order (default: the ids)."),
+    runlog: str = typer.Option(None, "--runlog", help="Run log holding both batches (default: INTENTREC_RUNLOG_PATH or <data dir>/runs.sqlite)."),
+    out: str = typer.Option(None, "--out", "-o", help="Also write the JSON report here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the tables."),
+) -> None:
+    """Two tag-eval batches on the same users side by side (e.g. embedded vs vLLM): figures, paired
+    hits, tag agreement and the model calls. Runs nothing."""
+    import json
+    from pathlib import Path
+
+    from evals.tag_compare import render as render_compare
+    from evals.tag_compare import run_compare
+
+    say = (lambda m: None) if as_json else (lambda m: typer.echo(m, err=True))
+    report = run_compare(batch, names=name or None, runlog=runlog, say=say)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
+    if as_json:
+        typer.echo(json.dumps(report, indent=1, default=str))
+    else:
+        render_compare(report)
+
+
 @eval_app.command("explanations")
 def eval_explanations(
     batch: str = typer.Option(None, "--batch", help="Audit every run of this batch."),
@@ -218,8 +245,8 @@ def bench_llm(
 def bench_system(
     sections: str = typer.Option(",".join(("latency", "overhead", "prefix", "throughput", "retrieval", "memory", "llm")),
                                  "--sections", help="Comma-separated subset of: latency, overhead, prefix, "
-                                 "throughput (or throughput-scripted, throughput-server), throughput-vllm (not in the default: "
-                                 "needs 'python app.py llm vllm setup'), retrieval, memory, llm."),
+                                 "throughput (or throughput-scripted, throughput-server), throughput-local (in-process "
+                                 "llama.cpp at the server context), throughput-vllm (not in the default: needs 'python app.py llm vllm setup'), retrieval, memory, llm."),
     users: int = typer.Option(2, "--users", "-n", min=1, help="Local-backend users to run for latency (without --batch)."),
     batch: str = typer.Option(None, "--batch", help="Take local latency/overhead from this finished batch's runs."),
     runlog: str = typer.Option(None, "--runlog", help="Run log holding --batch (default: the configured run log)."),
@@ -233,6 +260,8 @@ def bench_system(
     scripted_users: int = typer.Option(16, "--scripted-users", min=1, help="Users per level, scripted throughput."),
     server_users: int = typer.Option(3, "--server-users", min=1,
                                      help="Minimum users per level against the llama.cpp and vLLM servers (at least the level)."),
+    vllm_users: int = typer.Option(None, "--vllm-users", min=1,
+                                   help="Users per level against vLLM (default: --server-users); its users take seconds."),
     overhead_users: int = typer.Option(8, "--overhead-users", min=1, help="Users for the zero-latency scripted runs."),
     prefix_user: str = typer.Option("1", "--prefix-user", help="User whose real prompts the prefix-cache test uses."),
     prefix_reps: int = typer.Option(1, "--prefix-reps", min=1, help="Planner+experts sequences per prefix mode."),
@@ -253,7 +282,7 @@ def bench_system(
     res = run_system_bench(
         sections=[x.strip() for x in sections.split(",") if x.strip()], users=users, batch=batch, runlog=runlog,
         dataset=dataset, now=now, index_cutoff=index_cutoff, levels=levels, scripted_users=scripted_users,
-        delay_ms=delay_ms, slow_delay_ms=slow_delay_ms, server_users=server_users, overhead_users=overhead_users, prefix_user=prefix_user,
+        delay_ms=delay_ms, slow_delay_ms=slow_delay_ms, server_users=server_users, vllm_users=vllm_users, overhead_users=overhead_users, prefix_user=prefix_user,
         prefix_reps=prefix_reps, llm_reps=llm_reps, threads=threads, profile=profile,
         argv=sys.argv[sys.argv.index("system") + 1:] if "system" in sys.argv else [],
         on_section=lambda name, dt: typer.echo(f"bench system: section {name} took {dt:.1f} s", err=True))

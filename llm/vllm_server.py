@@ -113,7 +113,9 @@ def _env_spec() -> dict[str, Any]:
 
 
 def _gguf_spec(gguf: Path) -> dict[str, Any]:
-    return {"gguf": str(gguf), "size": gguf.stat().st_size}
+    """What the converted weights came from: the file's name and size, not its path, so another checkout
+    or virtual environment holding the same shipped GGUF reuses the conversion."""
+    return {"gguf": gguf.name, "size": gguf.stat().st_size}
 
 
 def _read_json(p: Path) -> Any:

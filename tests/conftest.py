@@ -30,3 +30,23 @@ def movielens():
 def count_tokens():
     """The embedded model's tokenizer (vocabulary only)."""
     return get_token_counter()
+
+
+# ----- wall time per test file, printed at the end of every run (CI's budget: see the README) ------
+
+_FILE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    """Add each phase's duration (setup, call, teardown) to its test file's total."""
+    path = report.nodeid.split("::", 1)[0]
+    _FILE_SECONDS[path] = _FILE_SECONDS.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _FILE_SECONDS:
+        return
+    terminalreporter.section("wall time per test file (the slowest; fixtures count where they are set up)")
+    for path, s in sorted(_FILE_SECONDS.items(), key=lambda kv: -kv[1])[:12]:
+        terminalreporter.write_line(f"{s:8.1f} s  {path}")
+    terminalreporter.write_line(f"{sum(_FILE_SECONDS.values()):8.1f} s  all files")

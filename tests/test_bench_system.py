@@ -82,6 +82,18 @@ def test_throughput_table_speedup_and_efficiency():
     assert t["by_concurrency"]["2"]["speedup"] == 1.9 and t["by_concurrency"]["4"]["efficiency"] == 0.75
 
 
+def test_vllm_target_is_users_per_min_at_8_over_1():
+    def block(c1: float, c8: float) -> dict:
+        return {"sections": {"throughput": {"vllm": bs.throughput_table(
+            {1: {"users_per_min": c1}, 2: {"users_per_min": c1 * 1.5}, 8: {"users_per_min": c8}})}}}
+
+    t = bs.targets(block(1.0, 2.6))["vllm_throughput_c8_over_c1"]
+    assert t["measured"] == 2.6 and t["pass"] is True
+    t = bs.targets(block(2.0, 4.0))["vllm_throughput_c8_over_c1"]
+    assert t["measured"] == 2.0 and t["pass"] is False
+    assert bs.targets({"sections": {}})["vllm_throughput_c8_over_c1"] == {"measured": None, "pass": None}
+
+
 def test_summarize_raw_profile_buckets_by_leafmost_known_frame():
     lines = [
         "<module> (app.py:1);RecordedRun.events (runlog/recorder.py:1);dumps (json/__init__.py:2) 6",

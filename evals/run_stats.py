@@ -1,0 +1,45 @@
+"""What a set of logged runs cost: model calls (parsed, failed, retried), tokens, run statuses and wall
+times, read back from the run log. Shared by ``eval tags-compare`` and ``bench system``."""
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+
+def _round(x: float | None, nd: int = 4) -> float | None:
+    return None if x is None else round(x, nd)
+
+
+def call_stats(store: Any, run_ids: Sequence[str]) -> dict[str, Any]:
+    """The model calls of ``run_ids`` from the run log: structured calls that parsed, failed calls,
+    calls that needed a retry, tokens, the runs' statuses (``ok:fallback`` marks a run that used a
+    documented fallback, e.g. category personas after the planner failed) and wall times."""
+    n = failed = unparsed = retried = gen = prompt = 0
+    walls, starts, ends = [], [], []
+    statuses: Counter[str] = Counter()
+    for rid in run_ids:
+        run = store.get_run(rid)
+        statuses[run["status"]] += 1
+        if run.get("wall_s") is not None:
+            walls.append(float(run["wall_s"]))
+        if run.get("started_at") and run.get("ended_at"):
+            starts.append(datetime.fromisoformat(run["started_at"]))
+            ends.append(datetime.fromisoformat(run["ended_at"]))
+        for c in store.calls(rid):
+            n += 1
+            failed += bool(c.get("error"))
+            unparsed += not c.get("error") and c.get("parsed") is None
+            retried += (c.get("attempts") or 1) > 1
+            gen += c.get("completion_tokens") or 0
+            prompt += c.get("prompt_tokens") or 0
+    span = (max(ends) - min(starts)).total_seconds() if starts else None
+    return {"runs": len(run_ids), "run_status": dict(statuses), "calls": n, "failed_calls": failed, "unparsed_calls": unparsed, "retried_calls": retried,
+            "valid_share": _round((n - failed - unparsed) / n) if n else None,
+            "completion_tokens_per_user": _round(gen / len(run_ids), 1) if run_ids else None,
+            "prompt_tokens_per_user": _round(prompt / len(run_ids), 1) if run_ids else None,
+            "wall_s_median": _round(statistics.median(walls), 1) if walls else None,
+            "wall_s_max": _round(max(walls), 1) if walls else None,
+            "span_s": _round(span, 1), "users_per_min": _round(len(run_ids) / span * 60, 3) if span else None}
