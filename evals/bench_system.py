@@ -738,9 +738,9 @@ def _levels(res: Resources, model: Any, *, levels: Sequence[int], min_users: int
             name: str, server_stats: Callable[[], Any], stats_delta: Callable[[Any, Any], dict[str, Any]]
             ) -> dict[str, Any]:
     """users/min at each concurrency level through ``model``, with the server's own counters per level."""
+    from evals.run_stats import call_stats
     from intentrec.service import IntentRec, small_model_profile
     from llm.check import CHECK_MESSAGES, ShoppingIntent
-    from evals.run_stats import call_stats
     from llm.structured import structured_call
     from runlog.batches import BatchStore
     from runlog.store import RunLog

@@ -94,6 +94,20 @@ def eval_retrieval(
         typer.echo(f"report written to {path}")
 
 
+def _emit(report: dict, *, out: str | None, as_json: bool, render) -> None:
+    """Write the JSON report to ``out`` if given, then print it as JSON or as tables."""
+    import json
+    from pathlib import Path
+
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
+    if as_json:
+        typer.echo(json.dumps(report, indent=1, default=str))
+    else:
+        render(report)
+
+
 @eval_app.command("tags")
 def eval_tags(
     dataset: str = typer.Option(None, "--dataset", "-d", help="Dataset spec (default completejourney)."),
@@ -123,8 +137,6 @@ def eval_tags(
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the tables."),
 ) -> None:
     """IntentRec's tags vs the next category bought (HR@30, discovery HR@30) beside 3 baselines."""
-    import json
-    from pathlib import Path
 
     from core.options import parse_date
     from evals.tag_eval import TagEvalError, render, run_tag_eval
@@ -144,13 +156,7 @@ def eval_tags(
                           match_n=match_n, baselines_only=baselines_only, batch_id=batch, runlog=runlog,
                           resume=not no_resume, concurrency=concurrency, backend=backend, model=model,
                           base_url=base_url, prompts=prompts, factory=factory, overrides=overrides, say=say)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
-    if as_json:
-        typer.echo(json.dumps(report, indent=1, default=str))
-    else:
-        render(report)
+    _emit(report, out=out, as_json=as_json, render=render)
 
 
 @eval_app.command("tags-compare")
@@ -163,21 +169,13 @@ def eval_tags_compare(
 ) -> None:
     """Two tag-eval batches on the same users side by side (e.g. embedded vs vLLM): figures, paired
     hits, tag agreement and the model calls. Runs nothing."""
-    import json
-    from pathlib import Path
 
     from evals.tag_compare import render as render_compare
     from evals.tag_compare import run_compare
 
     say = (lambda m: None) if as_json else (lambda m: typer.echo(m, err=True))
     report = run_compare(batch, names=name or None, runlog=runlog, say=say)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
-    if as_json:
-        typer.echo(json.dumps(report, indent=1, default=str))
-    else:
-        render_compare(report)
+    _emit(report, out=out, as_json=as_json, render=render_compare)
 
 
 @eval_app.command("explanations")

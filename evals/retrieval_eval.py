@@ -42,6 +42,9 @@ from evals.sasrec import SASRecConfig, sasrec_recommend, train_sasrec
 from evals.tifu_tuning import tune
 from retrieval.catalogue import recent_tags_from_history
 from retrieval.channel_split import ChannelSplit
+from retrieval.generative import ItemVectors, RankGRConfig, collaborative_vectors, tower_vectors
+from retrieval.generative.runner import ROWS as RANKGR_ROWS
+from retrieval.generative.runner import run_rankgr_rows
 from retrieval.interests import InterestChannel
 from retrieval.repeat import TifuParams
 from retrieval.service import (
@@ -57,7 +60,8 @@ log = get_logger(__name__)
 METHODS = ("popularity", "top_frequency", "tifu_knn", "item_knn", "sasrec", "intentrec_collab", "intentrec_tag",
            "intentrec_fused", "ablation_no_repeat_channel", "ablation_split_repeats_first", "ablation_fused_sum",
            "ablation_fused_tag_repeats", "discovery_collab", "discovery_fused", "hisac", "ablation_hisac_hard",
-           "ablation_hisac_kmeans_ids", "ablation_hisac_all_agents")
+           "ablation_hisac_kmeans_ids", "ablation_hisac_all_agents", "rankgr", "ablation_rankgr_no_iap",
+           "ablation_rankgr_no_rsp")
 LABELS = {
     "popularity": "popularity",
     "top_frequency": "personal top-frequency",
@@ -77,6 +81,9 @@ LABELS = {
     "ablation_hisac_hard": "ablation: HiSAC, hard routing",
     "ablation_hisac_kmeans_ids": "ablation: HiSAC, semantic IDs from residual k-means only",
     "ablation_hisac_all_agents": "ablation: HiSAC, no voting (all agents)",
+    "rankgr": "RankGR (generative retrieval over semantic IDs: NTP + listwise DPO, RSP re-ranking)",
+    "ablation_rankgr_no_iap": "ablation: RankGR without IAP (NTP only)",
+    "ablation_rankgr_no_rsp": "ablation: RankGR without RSP (ranked by NTP log-prob)",
 }
 DISCOVERY = ("discovery_collab", "discovery_fused", "hisac", "ablation_hisac_hard", "ablation_hisac_kmeans_ids",
              "ablation_hisac_all_agents")
@@ -153,6 +160,14 @@ def hisac_stats(channel: InterestChannel, split: Split, n_examples: int = 3) -> 
             "example_agents": {u: [vars(a) for a in channel.describe(u)] for u in split.users[:n_examples]}}
 
 
+def rankgr_vectors(ds, split: Split, settings: RetrievalSettings, root: Path | None = None) -> ItemVectors:
+    """Item-tower vectors when a build for the split's cutoff is cached, else SVD + category vectors."""
+    directory = artifact_dir(ds, settings.model_copy(update={"cutoff": split.cutoff}), root)
+    if (directory / "config.json").exists():
+        return tower_vectors(Retriever.load(directory))
+    return collaborative_vectors(split.train, split.category_of, seed=split.protocol.seed)
+
+
 def _fmt(v) -> str:
     return "–" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
@@ -223,7 +238,8 @@ def run_retrieval_eval(dataset: str = "completejourney", *, protocol: Protocol |
                        settings: RetrievalSettings | None = None, sasrec: SASRecConfig | None = None,
                        n_recent_tags: int = 10, rebuild: bool = False, progress: bool = True,
                        methods: tuple[str, ...] = METHODS, root: Path | None = None, tifu: TifuParams | None = None,
-                       tune_tifu: bool = False, split_model: ChannelSplit | None = None) -> dict:
+                       tune_tifu: bool = False, split_model: ChannelSplit | None = None,
+                       rankgr: RankGRConfig | None = None) -> dict:
     """Every method on one split. TIFU-KNN's parameters (also the repeat channel's) are ``tifu``, else
     chosen on the validation split in this run with ``tune_tifu``, else ``TifuParams()`` (chosen there
     before). The channel split model is ``split_model``, else fitted on the validation split in this run
@@ -270,6 +286,15 @@ def run_retrieval_eval(dataset: str = "completejourney", *, protocol: Protocol |
         r = timed("sasrec_rank", lambda: sasrec_recommend(model, seqs, split, kmax))
         lists["sasrec"] = {k: r for k in ks}
         extra["sasrec"] = info
+    rankgr_rows = [m for m in RANKGR_ROWS if m in methods]
+    if rankgr_rows:  # trained on this split's rows before T; settings chosen on the validation split
+        vecs = timed("rankgr_vectors", lambda: rankgr_vectors(ds, split, settings or RetrievalSettings(), root))
+        cfg = rankgr or RankGRConfig(seed=protocol.seed)
+        r, info = timed("rankgr", lambda: run_rankgr_rows(split, vecs, rankgr_rows, kmax, cfg, progress=progress))
+        for name in rankgr_rows:
+            lists[name] = {k: r[name] for k in ks}
+            timings[name] = info[name]["train"]["train_seconds"] + info[name]["decode"]["recommend_seconds"]
+        extra["rankgr"] = info | {"vectors": vecs.source}
 
     base = settings or RetrievalSettings()
     settings = base.model_copy(update={"cutoff": split.cutoff})
@@ -420,6 +445,11 @@ def render(report: dict, console=None) -> None:
         console.print(f"[bold]HiSAC[/]: levels {h['levels']}, {h['agents_per_user']:.2f} agents per user, "
                       f"{h['history_events_per_user']:.0f} purchase events per user: compression ratio "
                       f"{h['compression_ratio']}")
+    if "rankgr" in d and "rankgr" in d["rankgr"]:
+        g = d["rankgr"]["rankgr"]["decode"]
+        console.print(f"[bold]RankGR[/]: beam {g['beam']}, λ {g['lam']}, invalid SIDs {g['invalid_rate']:.4f}, "
+                      f"{g['users_per_s']} users/s batched, {g['decode_cost']['ms_per_user_batch1']} ms/user "
+                      f"one at a time (beam {g['decode_cost']['beam']}); popularity fill {g['popularity_fill']}")
     for name, ok in report.get("checks", {}).items():
         console.print(f"  {'[green]PASS[/]' if ok else '[red]FAIL[/]'} {name}")
     for n in report.get("notes", []):

@@ -18,7 +18,8 @@ runs nothing, it reads what the two batches logged.
 from __future__ import annotations
 
 import statistics
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from evals.run_stats import call_stats
 from evals.tag_eval import TagEvalError, _r, run_tag_eval

@@ -3,8 +3,6 @@ the run log and compared (figures, paired hits, tag agreement, model calls)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from evals.tag_compare import jaccard, paired_counts
@@ -54,7 +52,7 @@ def test_tags_compare_on_two_scripted_batches(tmp_path, monkeypatch, capsys):
     # the one-tag run keeps the first of the two tags: every list differs, and the sets overlap by half
     assert r["agreement"]["identical_tag_lists"] == 0
     assert r["agreement"]["tag_jaccard_mean"] == 0.5
-    for label, key, hits in (("hr@k", "hr@k", "hits"), ("discovery_hr@k", "discovery_hr@k", "discovery_hits")):
+    for label, hits in (("hr@k", "hits"), ("discovery_hr@k", "discovery_hits")):
         c = r["paired"][label]
         assert c["both"] + c["only_first"] == two[hits] and c["both"] + c["only_second"] == one[hits]
     for side in (two, one):
