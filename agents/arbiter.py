@@ -1,13 +1,13 @@
 """Decision Arbiter (RecGPT-V2): picks the final N tags from the experts' joint pool.
 
 Deterministic rules run first, wherever a rule can decide, and every rejection is counted with its
-reason (nothing is dropped silently):
+reason (nothing is dropped silently). The rules are the judge's too (``agents.tag_rules``):
 
-* ``empty`` / ``markup``: no letters, or URL / markup characters;
-* ``vague``: contains a vague word ("stuff", "products", "various", ...);
-* ``shape``: not "modifier + core word" (fewer than 2 or more than 5 words);
+* ``empty`` / ``markup``: no letters, or several lines, a URL or markup characters;
+* ``vague``: contains a vague word ("stuff", "products", "various", "some", ...);
+* ``shape``: not "modifier + core word" (fewer or more words than the expert grammar allows);
 * ``brand``: names a brand known in the catalogue;
-* ``duplicate``: the same tag as an earlier one after normalisation (case, punctuation, plural -s);
+* ``duplicate``: the same tag as an earlier one after normalisation (case, punctuation, plurals);
 * ``recent``: an exact repeat of something bought in the last ``Context.recent_days`` days.
 
 The LLM then judges what rules can't (relevance, seasonality, cross-category diversity) by choosing
@@ -18,56 +18,33 @@ any persona gets a second tag; this fill is recorded as ``filled_by_rule``.
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 
 from pydantic import BaseModel, Field, create_model
 
 from agents.common import call_agent
 from agents.context import Context
+from agents.tag_rules import brand_keys, keyed, normalize, tag_problems
 
-VAGUE_WORDS = frozenset({
-    "stuff", "things", "thing", "products", "product", "items", "item", "various", "misc", "miscellaneous",
-    "general", "goods", "something", "anything", "everything", "assorted", "other", "etc", "nice", "best",
-    "great", "good",
-})
-_MARKUP = re.compile(r"(https?://|www\.|[<>{}\[\]`|\\])", re.IGNORECASE)
-_NON_WORD = re.compile(r"[^a-z0-9\s-]")
-
-
-def normalize(text: str) -> str:
-    t = _NON_WORD.sub(" ", text.lower().replace("&", " and "))
-    words = [w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in t.split()]
-    return " ".join(words)
+#: the arbiter's reason for each problem code of :func:`agents.tag_rules.tag_problems`
+REASONS = {"lines": "markup", "url": "markup", "markup": "markup", "blank": "empty", "no_letters": "empty",
+           "vague": "vague", "too_short": "shape", "too_long": "shape", "brand": "brand",
+           "duplicate": "duplicate", "recent": "recent"}
 
 
 def rule_check(tag: str, *, seen: set[str], brands: set[str], recent: set[str]) -> str | None:
-    """The rule that rejects ``tag``, or None if every rule passes."""
-    if _MARKUP.search(tag):
-        return "markup"
-    norm = normalize(tag)
-    words = norm.split()
-    if not any(c.isalpha() for c in norm):
-        return "empty"
-    if any(w in VAGUE_WORDS for w in words):
-        return "vague"
-    if not 2 <= len(words) <= 5:
-        return "shape"
-    if any(re.search(rf"\b{re.escape(b)}\b", norm) for b in brands):
-        return "brand"
-    if norm in seen:
-        return "duplicate"
-    if norm in recent:
-        return "recent"
-    return None
+    """The rule that rejects ``tag``, or None if every rule passes. ``seen``, ``brands`` and ``recent``
+    hold normalised keys."""
+    problems = tag_problems(tag, brands=brands, recent=recent, seen=seen)
+    return REASONS[problems[0].code] if problems else None
 
 
 def apply_rules(pool: list[dict], *, brands: set[str], recent: set[str],
                 exclude: set[str] = frozenset()) -> tuple[list[dict], list[dict]]:
     """Split the pool into (kept, rejected). Rejected entries carry ``reason``. ``exclude`` holds
     normalised tags already rejected by the judge."""
-    brands_n = {normalize(b) for b in brands if len(b) > 2}
-    recent_n = {normalize(r) for r in recent}
+    brands_n = set(brand_keys(brands))
+    recent_n = set(keyed(recent))
     seen: set[str] = set()
     kept, rejected = [], []
     for p in pool:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
 
+from core.calendar import upcoming_holidays
 from core.dates import check_date
 from prompts.registry import PromptRegistry
 
@@ -24,27 +25,6 @@ ROLES = ("planner", "expert", "arbiter", "explainer", "judge")
 
 _SEASONS = {12: "winter", 1: "winter", 2: "winter", 3: "spring", 4: "spring", 5: "spring",
             6: "summer", 7: "summer", 8: "summer", 9: "autumn", 10: "autumn", 11: "autumn"}
-
-# (month, day, name): fixed-date holidays, plus a window before each that counts as "coming up".
-_HOLIDAYS = [(1, 1, "New Year's Day"), (2, 14, "Valentine's Day"), (7, 4, "Independence Day"),
-             (10, 31, "Halloween"), (12, 25, "Christmas"), (12, 31, "New Year's Eve")]
-
-
-def _thanksgiving(year: int) -> date:
-    d = date(year, 11, 1)
-    first_thu = 1 + (3 - d.weekday()) % 7
-    return date(year, 11, first_thu + 21)
-
-
-def upcoming_holidays(now: date, days: int = 30) -> list[str]:
-    out = []
-    cands = [(date(y, m, d), n) for y in (now.year, now.year + 1) for m, d, n in _HOLIDAYS]
-    cands += [(_thanksgiving(y), "Thanksgiving") for y in (now.year, now.year + 1)]
-    for when, name in sorted(cands):
-        if 0 <= (when - now).days <= days:
-            out.append(f"{name} ({when:%b %d})")
-    return out
-
 
 @dataclass
 class Environment:
@@ -75,7 +55,13 @@ class Context:
     models: dict[str, BaseChatModel]
     prompts: PromptRegistry = field(default_factory=PromptRegistry)
     n_personas: int = 3
-    n_tags: int = 6
+    #: N final tags (RecGPT scores the top 30 of at least 50 generated per user)
+    n_tags: int = 30
+    #: most tags one expert writes (K experts x this is the arbiter's pool before the candidate tools)
+    tags_per_expert: int = 15
+    #: stop after the tag judge (prepare -> planner -> experts -> arbiter -> tag judge): no retrieval or
+    #: explanations; what ``eval tags`` scores
+    tags_only: bool = False
     items_per_tag: int = 3
     n_items: int = 8
     beta: float = 0.6

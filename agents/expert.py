@@ -62,9 +62,9 @@ def expert_schema(n_tags: int, vocabulary: tuple[str, ...] | None = None) -> typ
 def propose(ctx: Context, shared_context: str, persona: dict, feedback: str = "",
             vocabulary: tuple[str, ...] | None = None) -> tuple[BaseModel, dict]:
     return call_agent(
-        ctx, node="expert", role="expert", template="expert", schema=expert_schema(ctx.n_tags, vocabulary),
+        ctx, node="expert", role="expert", template="expert", schema=expert_schema(ctx.tags_per_expert, vocabulary),
         subject=persona["name"], shared_context=shared_context, vocabulary=list(vocabulary or ()),
         persona_name=persona["name"],
-        persona_focus=persona["focus"], persona_evidence=persona.get("evidence", ""), n_tags=ctx.n_tags,
+        persona_focus=persona["focus"], persona_evidence=persona.get("evidence", ""), n_tags=ctx.tags_per_expert,
         feedback=feedback,
     )

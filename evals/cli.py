@@ -112,7 +112,7 @@ def _emit(report: dict, *, out: str | None, as_json: bool, render) -> None:
 def eval_tags(
     dataset: str = typer.Option(None, "--dataset", "-d", help="Dataset spec (default completejourney)."),
     users: int = typer.Option(30, "--users", "-n", min=1, help="Seeded sample of eligible users."),
-    all_users: bool = typer.Option(False, "--all-users", help="Every eligible user (with --baselines-only)."),
+    all_users: bool = typer.Option(False, "--all", "--all-users", help="Every eligible user instead of a sample."),
     cutoff: str = typer.Option(None, "--cutoff", help="T, YYYY-MM-DD (default: calibrated per dataset)."),
     window: int = typer.Option(28, "--window", min=1, help="Days after T in which targets are found."),
     min_events: int = typer.Option(20, "--min-events", min=1, help="Minimum purchases before T per user."),
@@ -123,13 +123,17 @@ def eval_tags(
     baselines_only: bool = typer.Option(False, "--baselines-only", help="Score the baselines only (no graph)."),
     batch: str = typer.Option(None, "--batch", help="Evaluate this batch (resumed first if users are pending)."),
     no_resume: bool = typer.Option(False, "--no-resume", help="Evaluate what is done; run nothing."),
-    concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="Users in flight at once."),
+    concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="Users in flight at once (per worker)."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1,
+                                help="Worker processes, one model each (local backend; the cores are divided)."),
+    full_graph: bool = typer.Option(False, "--full-graph",
+                                    help="Run the whole graph (items, explanations) instead of stopping after the tag judge."),
     backend: str = BACKEND_OPT,
     model: str = MODEL_OPT,
     base_url: str = BASE_URL_OPT,
     prompts: str = typer.Option(None, "--prompts", help="Prompt override folder."),
     personas: int = typer.Option(None, "--personas", help="K personas."),
-    tags: int = typer.Option(None, "--tags", help="N final tags."),
+    tags: int = typer.Option(None, "--tags", help="N final tags (default 30)."),
     items: int = typer.Option(None, "--items", help="Items to recommend per user."),
     factory: str = typer.Option(None, "--factory", help="module:function(RunLog) -> IntentRec instead of settings."),
     runlog: str = typer.Option(None, "--runlog", help="Run log file (default: INTENTREC_RUNLOG_PATH or <data dir>/runs.sqlite)."),
@@ -141,20 +145,19 @@ def eval_tags(
     from core.options import parse_date
     from evals.tag_eval import TagEvalError, render, run_tag_eval
 
-    given = {"--users": users != 30, "--all-users": all_users, "--backend": backend, "--model": model,
+    given = {"--users": users != 30, "--all": all_users, "--backend": backend, "--model": model,
              "--base-url": base_url, "--prompts": prompts, "--personas": personas, "--tags": tags, "--items": items,
-             "--factory": factory, "--dataset": dataset}
+             "--factory": factory, "--dataset": dataset, "--full-graph": full_graph}
     if batch and any(given.values()):
         raise TagEvalError("--batch takes users and settings from the batch; drop "
                            + ", ".join(o for o, v in given.items() if v))
-    if all_users and not baselines_only:
-        raise TagEvalError("--all-users only goes with --baselines-only (the graph takes minutes per user)")
     say = (lambda m: None) if as_json else (lambda m: typer.echo(m, err=True))
     overrides = {k_: v for k_, v in {"n_personas": personas, "n_tags": tags, "n_items": items}.items() if v}
     report = run_tag_eval(dataset, users=None if all_users else users, cutoff=parse_date(cutoff, "--cutoff"),
                           window_days=window, min_events=min_events, seed=seed, k=k, recent_days=recent_days,
                           match_n=match_n, baselines_only=baselines_only, batch_id=batch, runlog=runlog,
-                          resume=not no_resume, concurrency=concurrency, backend=backend, model=model,
+                          resume=not no_resume, concurrency=concurrency, workers=workers, full_graph=full_graph,
+                          backend=backend, model=model,
                           base_url=base_url, prompts=prompts, factory=factory, overrides=overrides, say=say)
     _emit(report, out=out, as_json=as_json, render=render)
 

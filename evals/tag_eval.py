@@ -59,13 +59,23 @@ from core.errors import IntentRecError
 
 DEFAULT_K = 30
 RECENT_DAYS = 14
-BASELINES = ("recent", "frequent", "popular")
+#: frequent + category-kNN mixes: how many of the K (as a number of 30) come from the frequent list;
+#: the rest are category-kNN categories not yet bought. With frequent (30) and category-kNN (0) they
+#: trace the log-fitting frontier
+MIX_FREQUENT = (25, 20, 15, 10, 5)
+MIXES = tuple(f"mix_{f}_{30 - f}" for f in MIX_FREQUENT)
+BASELINES = ("recent", "frequent", "popular", "popular_new", "knn_new", *MIXES, "tools_only")
 METHODS = ("intentrec", *BASELINES)
+#: the baselines a loss note is written for (the mixes are summed up by the frontier verdict instead)
+NOTE_BASELINES = ("recent", "frequent", "popular", "popular_new", "knn_new", "tools_only")
 LABELS = {"intentrec": "IntentRec tags", "recent": "recent categories", "frequent": "frequent categories",
-          "popular": "popular categories"}
+          "popular": "popular categories", "popular_new": "popular, not yet bought",
+          "knn_new": "category-kNN, not yet bought", "tools_only": "candidate tools only (no LLM)",
+          **{m: f"{f} frequent + {30 - f} kNN" for m, f in zip(MIXES, MIX_FREQUENT, strict=True)}}
 #: the figures a method row carries (None where a figure does not apply to that method)
-METRIC_KEYS = ("hr@k", "discovery_hr@k", "hr@n", "discovery_hr@n", "hr_basket@k", "n_tags", "distinct_categories",
-               "r_div", "recent_repeat_share", "mapping_similarity")
+METRIC_KEYS = ("hr@k", "discovery_hr@k", "hr@n", "discovery_hr@n", "hr_basket@k", "category_recall@k",
+               "new_category_recall@k", "n_tags", "distinct_categories", "r_div", "recent_repeat_share",
+               "mapping_similarity")
 
 
 class TagEvalError(IntentRecError):
@@ -86,6 +96,13 @@ def hit(predicted: Sequence[str], target: str | set[str] | None, k: int) -> floa
         return None
     top = set(predicted[:k])
     return float(bool(top & target)) if isinstance(target, set) else float(target in top)
+
+
+def recall(predicted: Sequence[str], targets: set[str] | None, k: int) -> float | None:
+    """Share of ``targets`` among the first ``k`` predicted categories; None without targets."""
+    if not targets:
+        return None
+    return len(set(predicted[:k]) & targets) / len(targets)
 
 
 def mean(xs: Iterable[float | None]) -> float | None:
@@ -179,15 +196,35 @@ class CategoryFacts:
     next_cat: dict[str, str] = field(default_factory=dict)  # user -> first purchase line's category after T
     basket: dict[str, set[str]] = field(default_factory=dict)  # user -> categories of the first basket after T
     discovery: dict[str, str] = field(default_factory=dict)  # user -> first never-bought category after T
+    window: dict[str, set[str]] = field(default_factory=dict)  # user -> every category bought in [T, end)
+    knn_new: dict[str, list[str]] = field(default_factory=dict)  # user -> category-kNN, never bought, best first
+    tools: dict[str, list[str]] = field(default_factory=dict)  # user -> the candidate tools' ranking (phrases)
+    k: int = DEFAULT_K
 
     def baseline(self, name: str, user: str) -> list[str]:
         if name == "popular":
             return self.popular
+        if name == "popular_new":
+            seen = self.seen.get(user, set())
+            return [c for c in self.popular if c not in seen]
+        if name.startswith("mix_"):
+            f = round(int(name.split("_")[1]) * self.k / 30)
+            head = self.frequent.get(user, [])[:f]
+            return head + [c for c in self.knn_new.get(user, []) if c not in head][:self.k - len(head)]
+        if name == "tools_only":
+            return self.tools.get(user, [])
         return getattr(self, name).get(user, [])
+
+    def new_in_window(self, user: str) -> set[str]:
+        return self.window.get(user, set()) - self.seen.get(user, set())
 
 
 def category_facts(dataset: Any, users: Sequence[str], cutoff: datetime, end: datetime, *,
-                   behaviors: Sequence[str] = ("purchase",), recent_days: int = RECENT_DAYS) -> CategoryFacts:
+                   behaviors: Sequence[str] = ("purchase",), recent_days: int = RECENT_DAYS, k: int = DEFAULT_K,
+                   tool_stats: Any = None) -> CategoryFacts:
+    """Targets and baseline lists from rows before ``cutoff`` (lists) and in ``[cutoff, end)`` (targets).
+    ``tool_stats``: a ``tools.tag_stats.TagStats`` at ``cutoff`` for the category-kNN and candidate-tool
+    lists (built here when None)."""
     b = dataset.behaviors.with_row_index("row")
     present = set(b["behavior"].unique().to_list())
     keep = [x for x in behaviors if x in present] or sorted(present)
@@ -220,7 +257,25 @@ def category_facts(dataset: Any, users: Sequence[str], cutoff: datetime, end: da
             facts.basket.setdefault(uid, set()).add(c)
         if uid not in facts.discovery and c not in facts.seen.get(uid, set()):
             facts.discovery[uid] = c
+        facts.window.setdefault(uid, set()).add(c)
+    facts.k = k
+    _tool_lists(facts, dataset, uset, tool_stats, behaviors=keep)
     return facts
+
+
+def _tool_lists(facts: CategoryFacts, dataset: Any, users: Sequence[str], stats: Any, *,
+                behaviors: Sequence[str]) -> None:
+    """Category-kNN (never bought) and the candidate tools' own ranking, per user, from the tools'
+    statistics at T (one source for both: the baselines and the graph's tools are the same code)."""
+    from tools.candidates import candidate_pool, tools_only_ranking
+    from tools.tag_stats import TagStats, collaborative_new
+
+    stats = stats or TagStats.build(dataset, facts.cutoff, behaviors=tuple(behaviors))
+    for u in users:
+        if u not in facts.seen:
+            continue
+        facts.knn_new[u] = distinct_in_order(c.category for c in collaborative_new(stats, u, 10 * facts.k))[:facts.k]
+        facts.tools[u] = [c.phrase for c in tools_only_ranking(candidate_pool(stats, u), n=facts.k)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -245,6 +300,10 @@ class CategoryMapper:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return self.encoder.encode(list(texts))
+
+    def warm(self, texts: Iterable[str]) -> None:
+        """Embed a fixed vocabulary once (disk-cached), so mapping its phrases later costs nothing."""
+        self.encoder.encode_cached(sorted(set(texts)))
 
     def map(self, tags: Sequence[str]) -> list[tuple[str, float]]:
         """Each tag's nearest category and its cosine (memoised per distinct text)."""
@@ -295,12 +354,15 @@ def mapping_audit(per_user: dict[str, dict[str, Any]], lookup: dict[str, set[str
 # ------------------------------------------------------------------------------------------------
 # scoring
 
-def _add_user(r: dict[str, list], mapper: CategoryMapper, *, targets: tuple[Any, Any, Any], k: int,
+def _add_user(r: dict[str, list], mapper: CategoryMapper, *, targets: tuple[Any, ...], k: int,
               cats: list[str], small: list[str], div_texts: list[str], rep_cats: list[str], recent: set[str],
               n_tags: int, sims: list[float]) -> None:
     """Append one user's figures for one method: hits at k on all its categories, hits on the
-    size-matched ``small`` list, and the diversity / repeat / mapping inputs."""
-    nxt, disc, basket = targets
+    size-matched ``small`` list, recall of the window's categories, and the diversity / repeat /
+    mapping inputs."""
+    nxt, disc, basket, window, new = targets
+    r["recall"].append(recall(cats, window, k))
+    r["new_recall"].append(recall(cats, new, k))
     r["hr"].append(hit(cats, nxt, k))
     r["disc"].append(hit(cats, disc, k))
     r["hr_n"].append(hit(small, nxt, k))
@@ -320,9 +382,11 @@ def score_methods(users: Sequence[str], facts: CategoryFacts, mapper: CategoryMa
     methods = (("intentrec",) if intentrec is not None else ()) + BASELINES
     per_user: dict[str, dict[str, Any]] = {}
     rows: dict[str, dict[str, list]] = {m: {key: [] for key in ("hr", "disc", "hr_n", "disc_n", "basket", "n_tags",
-                                                                  "distinct", "rdiv", "rep", "sim")} for m in methods}
+                                                                  "distinct", "rdiv", "rep", "sim", "recall",
+                                                                  "new_recall")} for m in methods}
     for u in users:
         nxt, disc, basket = facts.next_cat.get(u), facts.discovery.get(u), facts.basket.get(u)
+        targets = (nxt, disc, basket, facts.window.get(u), facts.new_in_window(u))
         rec: dict[str, Any] = {"next": nxt, "discovery": disc, "basket": sorted(basket or [])}
         n_match = match_n
         if intentrec is not None:
@@ -334,7 +398,7 @@ def score_methods(users: Sequence[str], facts: CategoryFacts, mapper: CategoryMa
                                          for t, (c, s) in zip(tags, mapped, strict=True)],
                                 "hit": hit(cats, nxt, k), "discovery_hit": hit(cats, disc, k)}
             rows["intentrec"]["distinct"].append(len(cats))
-            _add_user(rows["intentrec"], mapper, targets=(nxt, disc, basket), k=k, cats=cats, small=cats,
+            _add_user(rows["intentrec"], mapper, targets=targets, k=k, cats=cats, small=cats,
                       div_texts=tags, rep_cats=[c for c, _ in mapped], recent=facts.recent_set.get(u, set()),
                       n_tags=len(tags), sims=[s for _, s in mapped])
         rec["n"] = n_match
@@ -343,7 +407,7 @@ def score_methods(users: Sequence[str], facts: CategoryFacts, mapper: CategoryMa
             mapped = mapper.map(tags)
             cats = distinct_in_order(c for c, _ in mapped)
             small = cats[:n_match]
-            _add_user(rows[m], mapper, targets=(nxt, disc, basket), k=k, cats=cats, small=small, div_texts=small,
+            _add_user(rows[m], mapper, targets=targets, k=k, cats=cats, small=small, div_texts=small,
                       rep_cats=small, recent=facts.recent_set.get(u, set()), n_tags=len(tags),
                       sims=[s for _, s in mapped])
             rec[m] = {"hit": hit(cats, nxt, k), "discovery_hit": hit(cats, disc, k),
@@ -355,7 +419,8 @@ def score_methods(users: Sequence[str], facts: CategoryFacts, mapper: CategoryMa
         table[m] = {
             "hr@k": _r(mean(r["hr"])), "discovery_hr@k": _r(mean(r["disc"])),
             "hr@n": _r(mean(r["hr_n"])), "discovery_hr@n": _r(mean(r["disc_n"])),
-            "hr_basket@k": _r(mean(r["basket"])), "n_tags": _r(mean(r["n_tags"])),
+            "hr_basket@k": _r(mean(r["basket"])), "category_recall@k": _r(mean(r["recall"])),
+            "new_category_recall@k": _r(mean(r["new_recall"])), "n_tags": _r(mean(r["n_tags"])),
             "distinct_categories": _r(mean(r["distinct"])) if m == "intentrec" else None,
             "r_div": _r(mean(r["rdiv"])), "recent_repeat_share": _r(recent_repeat_share(r["rep"])),
             "mapping_similarity": _r(mean(r["sim"])),
@@ -364,6 +429,13 @@ def score_methods(users: Sequence[str], facts: CategoryFacts, mapper: CategoryMa
             "hits": int(sum(x for x in r["hr"] if x)), "discovery_hits": int(sum(x for x in r["disc"] if x)),
         }
     return table, per_user
+
+
+def _percentiles(xs: Sequence[float]) -> dict[str, float | None]:
+    """Median and p95 (None when empty)."""
+    if not xs:
+        return {"median": None, "p95": None}
+    return {"median": _r(float(np.median(xs)), 2), "p95": _r(float(np.percentile(xs, 95)), 2)}
 
 
 def _r(x: float | None, nd: int = 4) -> float | None:
@@ -380,7 +452,7 @@ def loss_notes(table: dict[str, dict[str, Any]], per_user: dict[str, dict[str, A
                ("hr@n", "hit", "hit@n", "HR@n (size-matched)"),
                ("discovery_hr@n", "discovery_hit", "discovery_hit@n", "discovery HR@n (size-matched)"))
     ir = table["intentrec"]
-    for b in BASELINES:
+    for b in NOTE_BASELINES:
         for key, ikey, bkey, label in figures:
             a, c = ir[key], table[b][key]
             if a is None or c is None or a >= c:
@@ -391,6 +463,59 @@ def loss_notes(table: dict[str, dict[str, Any]], per_user: dict[str, dict[str, A
             notes.append(f"IntentRec loses to {b} on {label}: {a:.3f} vs {c:.3f} ({n} users; {only_i} hit only by "
                          f"IntentRec, {only_b} only by {b})")
     return notes
+
+
+FRONTIER = ("knn_new", *reversed(MIXES), "frequent")
+
+
+def frontier_at(table: dict[str, dict[str, Any]], hr: float) -> tuple[float | None, str]:
+    """The log-fitting frontier's discovery HR@K at ``hr``: linear between the two neighbouring
+    frequent+kNN lists (sorted by HR@K); outside their range, the end point's value. Returns the value
+    and how it was read."""
+    pts = sorted((table[m]["hr@k"], table[m]["discovery_hr@k"], m) for m in FRONTIER
+                 if m in table and table[m]["hr@k"] is not None and table[m]["discovery_hr@k"] is not None)
+    if not pts:
+        return None, "no frontier"
+    if hr <= pts[0][0]:
+        return pts[0][1], f"below the frontier's range: {pts[0][2]}'s value"
+    if hr >= pts[-1][0]:
+        return pts[-1][1], f"above the frontier's range: {pts[-1][2]}'s value"
+    for (h0, d0, m0), (h1, d1, m1) in zip(pts, pts[1:], strict=False):
+        if h0 <= hr <= h1:
+            w = 0.0 if h1 == h0 else (hr - h0) / (h1 - h0)
+            return d0 + w * (d1 - d0), f"between {m0} and {m1}"
+    return None, "no frontier"  # unreachable
+
+
+def paired(per_user: dict[str, dict[str, Any]], a: str, b: str, key: str) -> dict[str, int]:
+    """Users hit only by ``a`` and only by ``b`` on ``key`` (``hit`` / ``discovery_hit``)."""
+    only_a = sum(1 for p in per_user.values() if (p.get(a) or {}).get(key) == 1.0 and (p.get(b) or {}).get(key) == 0.0)
+    only_b = sum(1 for p in per_user.values() if (p.get(a) or {}).get(key) == 0.0 and (p.get(b) or {}).get(key) == 1.0)
+    return {f"only_{a}": only_a, f"only_{b}": only_b}
+
+
+def verdicts(table: dict[str, dict[str, Any]], per_user: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The issue's two checks: IntentRec above the frontier at its own HR@K, and the LLM path at least
+    as good as the candidate tools alone on HR@K and discovery HR@K (with paired counts)."""
+    out: dict[str, Any] = {"frontier": [{"method": m, "hr@k": table[m]["hr@k"],
+                                         "discovery_hr@k": table[m]["discovery_hr@k"]}
+                                        for m in FRONTIER if m in table]}
+    ir = table.get("intentrec")
+    if not ir or ir["hr@k"] is None or ir["discovery_hr@k"] is None:
+        return out
+    at, how = frontier_at(table, ir["hr@k"])
+    out["above_frontier"] = {"intentrec_hr@k": ir["hr@k"], "intentrec_discovery_hr@k": ir["discovery_hr@k"],
+                             "frontier_discovery_hr@k": _r(at), "read": how,
+                             "pass": at is not None and ir["discovery_hr@k"] > at}
+    if "tools_only" in table:
+        t = table["tools_only"]
+        out["llm_vs_tools_only"] = {
+            "hr@k": [ir["hr@k"], t["hr@k"]], "discovery_hr@k": [ir["discovery_hr@k"], t["discovery_hr@k"]],
+            "paired_hit": paired(per_user, "intentrec", "tools_only", "hit"),
+            "paired_discovery_hit": paired(per_user, "intentrec", "tools_only", "discovery_hit"),
+            "pass": bool(t["hr@k"] is not None and t["discovery_hr@k"] is not None
+                         and ir["hr@k"] >= t["hr@k"] and ir["discovery_hr@k"] >= t["discovery_hr@k"])}
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -420,6 +545,11 @@ def intentrec_outputs(store: Any, batch_id: str) -> dict[str, Any]:
         out["users"][u] = {
             "run_id": it["run_id"], "status": run["status"],
             "tags": [t["tag"] for t in o.get("tags") or [] if t.get("tag")],
+            "sources": [t.get("source") or "free" for t in o.get("tags") or [] if t.get("tag")],
+            "shortfall": sum(d.get("count", 0) for d in o.get("drops") or [] if d.get("reason") == "shortfall"),
+            "filled_from_tools": sum(d.get("count", 0) for d in o.get("drops") or []
+                                     if d.get("reason") == "filled_from_tools"),
+            "wall_s": run.get("wall_s"),
             "dropped_tags": sum(1 for d in o.get("drops") or [] if d.get("stage") == "judge_tags"),
             "explanations": [r["explanation"] for r in store.recommendations(it["run_id"]) if r.get("explanation")],
             "judgements": store.judgements(vs["set_id"]) if vs else [],
@@ -435,6 +565,10 @@ def intentrec_summary(ir: dict[str, Any], users: Sequence[str]) -> dict[str, Any
         "run_ids": {u: ir["users"][u]["run_id"] for u in users},
         "run_status": dict(Counter(p["status"] for p in per)),
         "users_without_tags": [u for u in users if not ir["users"][u]["tags"]],
+        "tag_sources": dict(Counter(x for p in per for x in p["sources"]).most_common()),
+        "tag_shortfall": {"users": sum(1 for p in per if p["shortfall"]), "tags": sum(p["shortfall"] for p in per)},
+        "tags_filled_from_tools": sum(p["filled_from_tools"] for p in per),
+        "wall_s_per_user": _percentiles([p["wall_s"] for p in per if p["wall_s"] is not None]),
         "tags_dropped_by_judge": sum(p["dropped_tags"] for p in per),
         "judge": judge_rates([j for p in per for j in p["judgements"]]),
         "explanations": {"n": len(expl), "distinct_2": _r(distinct_n(expl, 2)), "idf": _r(idf_score(expl))},
@@ -497,7 +631,7 @@ def run_tag_eval(dataset: str | None = None, *, users: int | None = 30, cutoff: 
                  window_days: int = 28, min_events: int = 20, seed: int = 42, k: int = DEFAULT_K,
                  recent_days: int = RECENT_DAYS, match_n: int = 6, baselines_only: bool = False,
                  batch_id: str | None = None, runlog: Any = None, resume: bool = True, concurrency: int = 1,
-                 backend: str | None = None, model: str | None = None, base_url: str | None = None,
+                 workers: int = 1, full_graph: bool = False, backend: str | None = None, model: str | None = None, base_url: str | None = None,
                  prompts: str | None = None, factory: str | None = None, overrides: dict[str, Any] | None = None,
                  encoder: Any = None, on_progress: Callable[[dict[str, int]], None] | None = None,
                  say: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -540,8 +674,9 @@ def run_tag_eval(dataset: str | None = None, *, users: int | None = 30, cutoff: 
 
     if not baselines_only and batch_id is None:
         store = _store(runlog)
+        # only the tags are scored: the graph stops after the tag judge unless the full graph is asked for
         spec = BatchSpec(dataset=dataset, now=cutoff.date().isoformat(), index_cutoff=cutoff.date().isoformat(),
-                         overrides=dict(overrides or {}), backend=backend, model=model, base_url=base_url,
+                         overrides={**({} if full_graph else {"tags_only": True}), **(overrides or {})}, backend=backend, model=model, base_url=base_url,
                          prompts=prompts, factory=factory, seed=seed,
                          selection={"eligible_users": len(eligible), "sampled": len(sample)})
         batch_id = find_batch(store, sample, spec.model_dump())
@@ -559,7 +694,8 @@ def run_tag_eval(dataset: str | None = None, *, users: int | None = 30, cutoff: 
 
             say(f"running batch {batch_id}: {counts['pending']} pending of {counts['total']} (resumable: "
                 "rerun with --batch ID)")
-            summary = execute(store, batch_id, concurrency=concurrency, on_progress=on_progress or _progress(say))
+            summary = execute(store, batch_id, concurrency=concurrency, workers=workers,
+                              on_progress=on_progress or _progress(say))
         info = BatchStore(store).get(batch_id)
 
     ir = None if baselines_only else intentrec_outputs(store, batch_id)
@@ -571,15 +707,21 @@ def run_tag_eval(dataset: str | None = None, *, users: int | None = 30, cutoff: 
     candidates = [u for u in sample if ir is None or u in ir["users"]]
     excluded["not_eligible"] = sorted(u for u in candidates if u not in eset)
     candidates = [u for u in candidates if u in eset]
-    facts = category_facts(ds, candidates, cutoff, end, behaviors=targets, recent_days=recent_days)
+    facts = category_facts(ds, candidates, cutoff, end, behaviors=targets, recent_days=recent_days, k=k)
     excluded["no_categorised_purchase_in_window"] = sorted(u for u in candidates if u not in facts.next_cat)
     evaluated = sorted(u for u in candidates if u in facts.next_cat)
     if not evaluated:
         raise TagEvalError("no user left to evaluate" + (f" in batch {batch_id} (counts {info['counts']}); run it "
                                                          "without --no-resume" if batch_id else ""))
     mapper = CategoryMapper(ds.items["category"].drop_nulls().unique().to_list(), encoder or default_encoder())
+    mapper.warm(catalogue_categories(ds))  # the tools' phrases are catalogue phrases: embed them once, disk-cached
     tags = None if ir is None else {u: ir["users"][u]["tags"] for u in evaluated}
     table, per_user = score_methods(evaluated, facts, mapper, intentrec=tags, k=k, match_n=match_n)
+    if ir is not None:
+        for u in evaluated:  # each tag's candidate tool (or "free") and whether its category was bought in the window
+            for t, src in zip(per_user[u]["intentrec"]["tags"], ir["users"][u]["sources"], strict=False):
+                t["source"] = src
+                t["bought_in_window"] = t["category"] in facts.window.get(u, set())
     report: dict[str, Any] = {
         "command": "eval tags",
         "dataset": dataset or ds.name,
@@ -614,6 +756,7 @@ def run_tag_eval(dataset: str | None = None, *, users: int | None = 30, cutoff: 
                   "excluded_counts": {r: len(v) for r, v in excluded.items()}},
         "popular": facts.popular[:k],
         "metrics": table,
+        "checks": verdicts(table, per_user),
         "notes": [],
     }
     if ir is not None:
@@ -651,7 +794,7 @@ def render(report: dict[str, Any], console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console(width=max(Console().width, 160))
+    console = console or Console(width=max(Console().width, 200))
     p, u = report["protocol"], report["users"]
     k = p["k"]
     head = (f"[bold]Tag evaluation[/] on {report['dataset']}: T {p['cutoff'][:10]}, {p['window_days']}-day window, "
@@ -661,8 +804,9 @@ def render(report: dict[str, Any], console: Any = None) -> None:
     console.print(head)
     n_is = (f"n = {p['match_n']}" if report["baselines_only"] else "n = IntentRec's distinct categories per user")
     t = Table(title=f"methods × metrics (K = {k}; {n_is})")
-    t.add_column("method")
+    t.add_column("method", no_wrap=True)
     cols = [("hr@k", f"HR@{k}"), ("discovery_hr@k", f"disc HR@{k}"), ("hr@n", "HR@n"), ("discovery_hr@n", "disc HR@n"),
+            ("category_recall@k", f"cat R@{k}"), ("new_category_recall@k", f"new-cat R@{k}"),
             ("hr_basket@k", f"basket HR@{k}"), ("n_tags", "tags/user"), ("distinct_categories", "distinct cats"),
             ("r_div", "R_div"), ("recent_repeat_share", "recent repeat"), ("mapping_similarity", "map cos")]
     for _, h in cols:
@@ -685,6 +829,17 @@ def render(report: dict[str, Any], console: Any = None) -> None:
         console.print(f"explanations: {e['n']}, distinct-2 {_fmt(e['distinct_2'])}, IDF score {_fmt(e['idf'])}; "
                       f"run status {ir['run_status']}; users without tags {len(ir['users_without_tags'])}; "
                       f"tags dropped by the judge {ir['tags_dropped_by_judge']}")
+    ch = report.get("checks") or {}
+    if "above_frontier" in ch:
+        a = ch["above_frontier"]
+        console.print(f"frontier: IntentRec HR@{k} {_fmt(a['intentrec_hr@k'])}, discovery {_fmt(a['intentrec_discovery_hr@k'])}"
+                      f" vs the frequent+kNN frontier's {_fmt(a['frontier_discovery_hr@k'])} at that HR ({a['read']}): "
+                      + ("[green]above[/]" if a["pass"] else "[red]not above[/]"))
+    if "llm_vs_tools_only" in ch:
+        t = ch["llm_vs_tools_only"]
+        console.print(f"LLM vs candidate tools only: HR@{k} {_fmt(t['hr@k'][0])} vs {_fmt(t['hr@k'][1])} "
+                      f"{t['paired_hit']}, discovery {_fmt(t['discovery_hr@k'][0])} vs {_fmt(t['discovery_hr@k'][1])} "
+                      f"{t['paired_discovery_hit']}: " + ("[green]at least as good[/]" if t["pass"] else "[red]worse[/]"))
     console.print(f"discovery targets: {u['n_with_discovery_target']} users; excluded: {u['excluded_counts']}")
     for n in report["notes"]:
         console.print(f"  • {n}")

@@ -8,16 +8,15 @@ every planner, expert and arbiter prompt in the run.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from agents.context import Context
-from agents.expert import TAG_PATTERN
 from behavior.compress import compress_history
 from behavior.schema import Dataset
 from prompts.registry import fence_untrusted
+from tools.tag_stats import product_type
 
 
 @dataclass
@@ -26,12 +25,14 @@ class PreparedContext:
     evidence: str
     recent_purchases: list[str]
     stats: dict[str, Any] = field(default_factory=dict)
-    #: catalogue product-type phrases near the user's categories (the ``catalogue`` tag mode)
+    #: the phrases the expert may choose in the ``catalogue`` tag mode: the candidate tools' pool, or
+    #: (a user the tools know nothing about) catalogue product types near the user's categories
     tag_vocabulary: list[str] = field(default_factory=list)
+    #: the candidate tools' phrases for this user in the tools' own ranking: {phrase, category, tool, why}
+    tag_candidates: list[dict] = field(default_factory=list)
 
 
 _TYPES_BY_CATEGORY: dict[int, dict[str, list[str]]] = {}
-_TAG_RE = re.compile(TAG_PATTERN)
 
 
 def types_by_category(dataset: Dataset) -> dict[str, list[str]]:
@@ -41,9 +42,8 @@ def types_by_category(dataset: Dataset) -> dict[str, list[str]]:
         rows = dataset.items.select("category", "title").unique()
         out: dict[str, set[str]] = {}
         for cat, title in rows.iter_rows():
-            phrase = re.sub(r"[^a-z' -]", " ", (title or "").split(",")[0].lower())
-            phrase = re.sub(r"\s+", " ", phrase).strip()
-            if cat and _TAG_RE.match(phrase):
+            phrase = product_type(title)
+            if cat and phrase:
                 out.setdefault(cat, set()).add(phrase)
         _TYPES_BY_CATEGORY[key] = {c: sorted(v) for c, v in out.items()}
     return _TYPES_BY_CATEGORY[key]
@@ -63,6 +63,30 @@ def tag_vocabulary(dataset: Dataset, categories: list[str], exclude: set[str], l
     return out
 
 
+#: candidates per tool shown as evidence in the shared context (the full pool is the expert's enum)
+EVIDENCE_PER_TOOL = 6
+
+
+def tool_candidates(dataset: Dataset, user_id: str, now: Any) -> list[dict]:
+    """The candidate tools' pool for ``user_id`` from data before ``now``, in the tools-only ranking
+    (``tools.candidates``); the statistics behind it are computed once per dataset and date."""
+    from tools.candidates import candidate_pool, tools_only_ranking
+    from tools.tag_stats import TagStats
+
+    pool = candidate_pool(TagStats.build(dataset, now), user_id)
+    return [{"phrase": c.phrase, "category": c.category, "tool": c.tool, "why": c.why}
+            for c in tools_only_ranking(pool, n=len(pool))]
+
+
+def candidates_text(cands: list[dict], per_tool: int = EVIDENCE_PER_TOOL) -> dict[str, list[dict]]:
+    """Tool -> its first ``per_tool`` candidates, for the shared context's CANDIDATES section."""
+    out: dict[str, list[dict]] = {}
+    for c in cands:
+        if len(out.setdefault(c["tool"], [])) < per_tool:
+            out[c["tool"]].append(c)
+    return out
+
+
 def _default_counter() -> Callable[[str], int]:
     from behavior.tokens import default_counter
 
@@ -71,9 +95,13 @@ def _default_counter() -> Callable[[str], int]:
 
 def prepare_user(dataset: Dataset, user_id: str, ctx: Context, *,
                  count_tokens: Callable[[str], int] | None = None,
-                 interests: Callable[..., list[str]] | None = None) -> PreparedContext:
+                 interests: Callable[..., list[str]] | None = None,
+                 candidates: Callable[[Dataset, str, Any], list[dict]] | None = tool_candidates) -> PreparedContext:
     """``interests(user_id, now)`` (the retriever's HiSAC agents in words, when it has them) adds the
-    user's interest agents to the SUMMARY, each fenced, as persona evidence for the planner."""
+    user's interest agents to the SUMMARY, each fenced, as persona evidence for the planner.
+    ``candidates(dataset, user_id, now)`` gives the candidate tools' pool (None: no tools); its first
+    phrases per tool go into the shared context as evidence, and the whole pool is the expert's enum
+    in the ``catalogue`` tag mode."""
     now = ctx.env.now
     hist = dataset.history_with_items(user_id, before=now)
     counter = count_tokens or _default_counter()
@@ -91,13 +119,18 @@ def prepare_user(dataset: Dataset, user_id: str, ctx: Context, *,
         summary_text += " Interest agents: " + "; ".join(fence_untrusted(a, 80) for a in agents[:4]) + "."
     recent = sorted({rp.label for rp in summary.recent_purchases if rp.days_ago <= ctx.recent_days})
     user = dataset.user(user_id)
-    shared = ctx.prompts.get("shared_context").render(
-        history=comp.text, summary=summary_text, user_attributes=user.attributes, environment=ctx.env.describe(),
-    )[0].content
+    cands = candidates(dataset, user_id, now) if candidates is not None else []
+    template = ctx.prompts.get("shared_context")
+    # an override template written before the CANDIDATES section existed still renders
+    extra = {"candidates": candidates_text(cands)} if "candidates" in template.variables else {}
+    shared = template.render(history=comp.text, summary=summary_text, user_attributes=user.attributes,
+                             environment=ctx.env.describe(), **extra)[0].content
     evidence = f"often buys {top}" if top else ""
     stats = {"interest_agents": len(agents), "raw_tokens": st.raw_tokens, "compressed_tokens": st.compressed_tokens,
              "within_budget": st.within_budget, "items_total": st.distinct_items_kept,
              "items_retained": st.distinct_items_retained}
-    vocab = tag_vocabulary(dataset, [c.category for c in summary.top_categories[:10]], exclude=set(recent))
+    vocab = [c["phrase"] for c in cands if c["phrase"] not in recent] or tag_vocabulary(
+        dataset, [c.category for c in summary.top_categories[:10]], exclude=set(recent))
+    stats["tag_candidates"] = len(cands)
     return PreparedContext(shared_context=shared, evidence=evidence[:300], recent_purchases=recent, stats=stats,
-                           tag_vocabulary=vocab)
+                           tag_vocabulary=vocab, tag_candidates=cands)

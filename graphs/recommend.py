@@ -10,6 +10,15 @@
                             ▲                                                                      │
                             └──────────────── B explanations, regen left (Send with feedback) ─────┘
 
+With ``Context.tags_only`` the tag gate (and the planner's collaborative fallback) go straight to
+``emit``: tags, no items, status ``tags_only``. That is the part ``eval tags`` scores.
+
+Tags: each expert writes up to ``Context.tags_per_expert``; the arbiter keeps ``Context.n_tags``
+(30, as RecGPT scores). When the experts' pool holds fewer, the rest come from the candidate tools'
+own ranking (``state["tag_candidates"]``, from ``graphs.prepare``), counted as ``filled_from_tools``
+and judged like any other; every tag carries ``source``: the tool that offered the phrase, or
+``free``. Fewer than N passed tags at the end is a ``shortfall`` drop with its count.
+
 ``style`` writes one guideline per persona (meta-prompting stage 1); each ``explain`` task writes
 one item's line with its persona's guideline, and a regeneration reuses that guideline. With
 ``Context.explanations == "facts"``, ``retrieve`` goes to ``facts`` instead, which states every
@@ -146,6 +155,8 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
             "recent_purchases": prepared.recent_purchases,
             "history_stats": prepared.stats,
             "tag_vocabulary": prepared.tag_vocabulary,
+            "tag_candidates": prepared.tag_candidates,
+            "tags_only": ctx.tags_only,
         }
 
     @_node("planner")
@@ -195,11 +206,12 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
 
     def route_planner(state: State) -> Any:
         if state.get("fallback"):
-            return "retrieve"
+            return "emit" if state.get("tags_only") else "retrieve"
         shared = state["shared_context"]
         vocab = state.get("tag_vocabulary") or []
+        sources = {normalize(c["phrase"]): c["tool"] for c in state.get("tag_candidates") or []}
         return [Send("expert", {"persona": p, "shared_context": shared, "run_id": state.get("run_id", ""),
-                                "vocabulary": vocab}) for p in state["personas"]]
+                                "vocabulary": vocab, "sources": sources}) for p in state["personas"]]
 
     @_node("expert")
     def expert(payload: dict, runtime: Runtime[Context]) -> dict:
@@ -211,9 +223,12 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
         except LLMError as e:
             return {"drops": [_drop("expert", persona["name"], "llm_invalid", error=str(e)[:300])]}
         intents = list(out.intents)
+        sources = payload.get("sources") or {}
         proposals = [
             {"tag": t.tag.strip(), "persona": persona["name"], "intent": (i := intents[min(t.intent, len(intents) - 1)]).interest,
-             "reason": i.reason, "evidence": persona.get("evidence", "")}
+             "reason": i.reason, "evidence": persona.get("evidence", ""),
+             # which candidate tool offered this phrase, or "free" (the model wrote it itself)
+             "source": sources.get(normalize(t.tag), "free")}
             for t in out.tags
         ]
         return {"proposals": proposals, "calls": [stat]}
@@ -235,19 +250,29 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
             update["drops"] = [_drop("arbiter_rules", r["tag"], r["reason_rejected"], persona=r["persona"])
                                for r in rejected]
         want = ctx.n_tags - len(keep)
-        if not kept or want <= 0:
+        if want <= 0:
             return update
-        feedback = _feedback_for(state, kind="tag")
-        try:
-            chosen, stat, invalid = arbitrate(ctx, state["shared_context"], kept, feedback, n=want)
-            update["calls"] = [stat]
-            if invalid:
-                update.setdefault("drops", []).append(_drop("arbiter", "choices", "invalid_index", count=invalid))
-        except LLMError as e:
-            chosen = round_robin_fill(kept, [], min(want, len(kept)))
-            update.setdefault("drops", []).append(_drop("arbiter", "choices", "llm_invalid_rule_fill",
-                                                        error=str(e)[:300]))
-        new = [kept[i] for i in chosen]
+        new: list[dict] = []
+        if kept:
+            feedback = _feedback_for(state, kind="tag")
+            try:
+                chosen, stat, invalid = arbitrate(ctx, state["shared_context"], kept, feedback, n=want)
+                update["calls"] = [stat]
+                if invalid:
+                    update.setdefault("drops", []).append(_drop("arbiter", "choices", "invalid_index", count=invalid))
+            except LLMError as e:
+                chosen = round_robin_fill(kept, [], min(want, len(kept)))
+                update.setdefault("drops", []).append(_drop("arbiter", "choices", "llm_invalid_rule_fill",
+                                                            error=str(e)[:300]))
+            new = [kept[i] for i in chosen]
+        # fewer than N from the experts: the rest from the candidate tools' own ranking (counted, and
+        # judged like any other tag)
+        refill = _tool_refill(state, keep + new, judged, want - len(new))
+        if refill:
+            update.setdefault("drops", []).append(_drop("arbiter", "tags", "filled_from_tools", count=len(refill)))
+        new += refill
+        if not new:
+            return update
         update["tags"] = keep + new
         update["judge_requests"] = [
             JudgeRequest(subject_id=_tag_sid(t), kind="tag", text=t["tag"],
@@ -259,9 +284,11 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
         return update
 
     @_node("tag_gate")
-    def tag_gate(state: State, runtime: Runtime[Context]) -> Command[Literal["arbiter", "retrieve"]]:
+    def tag_gate(state: State, runtime: Runtime[Context]) -> Command[Literal["arbiter", "retrieve", "emit"]]:
         """Count every tag graded B in this pass as dropped (the arbiter never picks it again); go back
-        to the arbiter while regenerations are left and a tag failed, else on to retrieval."""
+        to the arbiter while regenerations are left and a tag failed, else on to retrieval (or to
+        ``emit`` with ``Context.tags_only``). Fewer than N passed tags at the end is recorded as a
+        ``shortfall`` drop with its count."""
         ctx = runtime.context
         verdicts = state.get("verdicts") or {}
         failed = [t for t in state.get("tags", []) if (v := verdicts.get(_tag_sid(t))) is None or not v.passed]
@@ -271,7 +298,9 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
         if failed and n_regen < ctx.regen_limit:
             return Command(goto="arbiter", update={"regen": {"tags": n_regen + 1}, "drops": drops,
                                                     "tags": passed})
-        return Command(goto="retrieve", update={"tags": passed, "drops": drops})
+        if len(passed) < ctx.n_tags:
+            drops.append(_drop("tag_gate", "tags", "shortfall", count=ctx.n_tags - len(passed)))
+        return Command(goto="emit" if ctx.tags_only else "retrieve", update={"tags": passed, "drops": drops})
 
     @_node("retrieve")
     def retrieve(state: State, runtime: Runtime[Context]) -> dict:
@@ -458,7 +487,10 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
                 "tag_grade": tv.grade if tv else None,
                 "dimensions": {d.dimension: d.outcome for d in v.dimensions},
             })
-        status = "ok" if recs else "empty"
+        if runtime.context.tags_only:
+            status = "tags_only" if state.get("tags") else "empty"
+        else:
+            status = "ok" if recs else "empty"
         if state.get("fallback"):
             status = f"{status}:fallback"
         return {"recommendations": recs, "status": status, "node_totals": _totals(state)}
@@ -481,7 +513,7 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
     g.add_node("emit", emit)
     g.add_edge(START, "prepare")
     g.add_edge("prepare", "planner")
-    g.add_conditional_edges("planner", route_planner, ["expert", "retrieve"])
+    g.add_conditional_edges("planner", route_planner, ["expert", "retrieve", "emit"])
     g.add_edge("expert", "arbiter")
     g.add_edge("arbiter", "judge_tags")
     g.add_edge("judge_tags", "tag_gate")
@@ -500,6 +532,25 @@ def recursion_limit(ctx: Context) -> int:
     per tag regeneration, 4 per explanation regeneration and 3 for the judged facts lines of the
     ``facts`` explanation fallback, plus slack."""
     return 13 + 3 * ctx.regen_limit + 4 * ctx.regen_limit + 3 + 4
+
+
+def _tool_refill(state: State, taken: list[dict], judged: set[str], n: int) -> list[dict]:
+    """Up to ``n`` tags from the candidate tools' ranking (``state["tag_candidates"]``, in order),
+    skipping phrases already chosen, already judged, or recently bought."""
+    if n <= 0:
+        return []
+    skip = judged | {normalize(t["tag"]) for t in taken} | {normalize(r) for r in state.get("recent_purchases", [])}
+    out = []
+    for c in state.get("tag_candidates") or []:
+        norm = normalize(c["phrase"])
+        if norm in skip:
+            continue
+        skip.add(norm)
+        out.append({"tag": c["phrase"], "persona": "candidate tools", "intent": c.get("why", ""), "reason": "",
+                    "evidence": c.get("why", ""), "source": c["tool"]})
+        if len(out) >= n:
+            break
+    return out
 
 
 def _tag_sid(tag: dict) -> str:

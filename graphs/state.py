@@ -52,6 +52,9 @@ class State(TypedDict, total=False):
     recent_purchases: list[str]
     history_stats: dict[str, Any]
     tag_vocabulary: list[str]
+    #: the candidate tools' phrases for this user, best first: {phrase, category, tool, why}
+    tag_candidates: list[dict]
+    tags_only: bool  # Context.tags_only, copied by prepare so routing reads state only (forks replay it)
     # agents
     personas: list[dict]
     proposals: Annotated[list[dict], add]

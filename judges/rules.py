@@ -13,9 +13,13 @@ prove its answer; everything else stays with the model.
 
 Rules (tags)
 ------------
-* **specificity** -- defect when the tag is not "modifier + core word" shaped (fewer than 2 or more
-  than 5 words) or contains a vague word (:data:`VAGUE_WORDS`: "stuff", "things", "products",
-  "items", "good", "various", "misc", ...). Otherwise undecided (the model judges nuance).
+The tag rules are the arbiter's (``agents.tag_rules``), so a tag the arbiter kept is not failed here
+for a reason the arbiter checks; only the feedback is the judge's.
+
+* **specificity** -- defect when the tag is not "modifier + core word" shaped (fewer or more words
+  than the expert grammar allows) or contains a vague word (``agents.tag_rules.VAGUE_WORDS``:
+  "stuff", "things", "products", "items", "good", "some", "various", "misc", ...). Otherwise undecided
+  (the model judges nuance).
 * **validity** -- defect when the tag is empty, has no letters (digits only), spans several lines,
   contains a URL, an e-mail address or markup, or names a brand from ``banned_terms``. Otherwise
   undecided.
@@ -57,16 +61,27 @@ ham", "spring mix", "fall apart") are excluded explicitly and covered by tests.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
-from datetime import date, timedelta
+from collections.abc import Callable, Collection, Iterable
+from datetime import date
 
+from agents.tag_rules import (
+    MARKUP,
+    MAX_TAG_WORDS,
+    MIN_TAG_WORDS,
+    SECTION_MARKERS,
+    URL,
+    brand_keys,
+    brands_in,
+    fold,
+    keyed,
+    tag_problems,
+)
+from core.calendar import HOLIDAYS
 from judges.schemas import DimensionVerdict, JudgeRequest
 
 # ----------------------------------------------------------------------------------------------
 # limits and word lists (module constants so they are documented and testable)
 
-MIN_TAG_WORDS = 2
-MAX_TAG_WORDS = 5
 MIN_EXPLANATION_WORDS = 3
 MAX_EXPLANATION_WORDS = 40
 MAX_EXPLANATION_CHARS = 250
@@ -83,23 +98,6 @@ HOLIDAY_AHEAD_DAYS = 60
 HOLIDAY_AFTER_DAYS = 3
 NEXT_SEASON_DAYS = 30
 PREVIOUS_SEASON_DAYS = 14
-
-VAGUE_WORDS = frozenset({
-    "stuff", "things", "thing", "products", "product", "items", "item", "good", "various", "misc",
-    "miscellaneous", "assorted", "random", "whatever", "something", "anything", "everything", "etc",
-    "nice", "best", "other", "some", "generic",
-})
-
-_URL = re.compile(r"https?://|\bwww\.|\b[\w-]+\.(?:com|net|org|io|ly|shop|store)\b|\S+@\S+\.[a-z]{2,}", re.I)
-_MARKUP = re.compile(
-    r"<\s*/?\s*[a-z][a-z0-9]*\b[^>]*>"  # HTML / XML tags
-    r"|\[[^\]]*\]\([^)]*\)"  # markdown links
-    r"|```|\*\*|__|`"  # code, bold
-    r"|^\s*#{1,6}\s"  # markdown headings
-    r"|\{\{|\}\}|\{%|%\}",  # template braces
-    re.I | re.M,
-)
-_SECTION_MARKERS = re.compile(r"<<<|>>>|‹‹|››|[«»]")
 
 #: instruction-like text: an output that talks to the model (or the judge) is an injection that leaked
 INJECTION_PATTERNS: tuple[re.Pattern[str], ...] = tuple(re.compile(p, re.I) for p in (
@@ -200,71 +198,8 @@ _SEASON_PRODUCTS = re.compile(
 )
 
 
-def _nth_weekday(year: int, month: int, weekday: int, n: int) -> date:
-    """The n-th ``weekday`` (Mon=0) of a month; n=-1 for the last."""
-    if n > 0:
-        d = date(year, month, 1)
-        return d + timedelta(days=(weekday - d.weekday()) % 7 + 7 * (n - 1))
-    d = date(year + (month == 12), month % 12 + 1, 1) - timedelta(days=1)
-    return d - timedelta(days=(d.weekday() - weekday) % 7)
-
-
-def _easter(year: int) -> date:
-    """Gregorian Easter Sunday (anonymous Gregorian algorithm)."""
-    a, b, c = year % 19, year // 100, year % 100
-    d, e = b // 4, b % 4
-    f = (b + 8) // 25
-    g = (b - f + 1) // 3
-    h = (19 * a + b - d - g + 15) % 30
-    i, k = c // 4, c % 4
-    l_ = (32 + 2 * e + 2 * i - h - k) % 7
-    m = (a + 11 * h + 22 * l_) // 451
-    month = (h + l_ - 7 * m + 114) // 31
-    day = (h + l_ - 7 * m + 114) % 31 + 1
-    return date(year, month, day)
-
-
-#: (name, pattern, date of the holiday in a given year); longer names first so "New Year's Eve" is not
-#: also read as "New Year"
-HOLIDAYS: tuple[tuple[str, re.Pattern[str], Callable[[int], date]], ...] = tuple(
-    (name, re.compile(pat, re.I), when) for name, pat, when in (
-        ("New Year's Eve", r"\bnew\s+year'?s\s+eve\b", lambda y: date(y, 12, 31)),
-        ("New Year", r"\bnew\s+year(?:'?s)?(?:\s+day)?\b", lambda y: date(y, 1, 1)),
-        ("Christmas", r"\b(?:christmas|x-?mas)\b", lambda y: date(y, 12, 25)),
-        ("holiday season", r"\b(?:holiday\s+season|the\s+holidays)\b", lambda y: date(y, 12, 25)),
-        ("Valentine's Day", r"\bvalentine(?:'?s)?\b", lambda y: date(y, 2, 14)),
-        ("St Patrick's Day", r"\b(?:st\.?|saint)\s+patrick(?:'?s)?\b", lambda y: date(y, 3, 17)),
-        ("Easter", r"\beaster\b", _easter),
-        ("Cinco de Mayo", r"\bcinco\s+de\s+mayo\b", lambda y: date(y, 5, 5)),
-        ("Mother's Day", r"\bmother'?s'?\s+day\b", lambda y: _nth_weekday(y, 5, 6, 2)),
-        ("Memorial Day", r"\bmemorial\s+day\b", lambda y: _nth_weekday(y, 5, 0, -1)),
-        ("Father's Day", r"\bfather'?s'?\s+day\b", lambda y: _nth_weekday(y, 6, 6, 3)),
-        ("Independence Day", r"\b(?:independence\s+day|(?:fourth|4th)\s+of\s+july|july\s+4(?:th)?)\b",
-         lambda y: date(y, 7, 4)),
-        ("Labor Day", r"\blabou?r\s+day\b", lambda y: _nth_weekday(y, 9, 0, 1)),
-        ("Halloween", r"\bhallowe'?en\b", lambda y: date(y, 10, 31)),
-        ("Black Friday", r"\bblack\s+friday\b", lambda y: _nth_weekday(y, 11, 3, 4) + timedelta(days=1)),
-        ("Thanksgiving", r"\bthanksgiving\b", lambda y: _nth_weekday(y, 11, 3, 4)),
-    )
-)
-
-
 # ----------------------------------------------------------------------------------------------
 # text helpers
-
-def _fold(word: str) -> str:
-    """Lower-case and fold simple plurals, so "Bananas" and "banana" compare equal."""
-    w = word.lower()
-    if len(w) > 4 and w.endswith("ies"):
-        return w[:-3] + "y"
-    if len(w) > 4 and w.endswith("oes"):
-        return w[:-2]
-    if len(w) > 4 and w.endswith("es") and w[:-2].endswith(("s", "x", "z", "ch", "sh")):
-        return w[:-2]
-    if len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
-        return w[:-1]
-    return w
-
 
 def words(text: str) -> list[str]:
     """Word tokens (letters/digits), lower-cased, possessive "'s" removed."""
@@ -274,12 +209,7 @@ def words(text: str) -> list[str]:
 
 
 def folded(text: str) -> list[str]:
-    return [_fold(w) for w in words(text)]
-
-
-def _contains_phrase(haystack: list[str], needle: list[str]) -> bool:
-    n = len(needle)
-    return n > 0 and any(haystack[i:i + n] == needle for i in range(len(haystack) - n + 1))
+    return [fold(w) for w in words(text)]
 
 
 def _number(s: str) -> str:
@@ -362,61 +292,48 @@ def _defect(dimension: str, reason: str) -> DimensionVerdict:
     return _rule(dimension, "defect", reason)
 
 
-def _brands_in(text: str, terms: Iterable[str]) -> list[str]:
-    toks = folded(text)
-    found = []
-    for term in terms:
-        t = folded(term)
-        if term and len(term.strip()) >= 2 and t and _contains_phrase(toks, t):
-            found.append(term)
-    return found
-
-
 # ----------------------------------------------------------------------------------------------
 # tag rules
 
+#: the rule order and feedback of each dimension, by problem code of :func:`agents.tag_rules.tag_problems`
+_SPECIFICITY = {
+    "too_short": lambda d: "a single word is too broad; write 'modifier + core word' "
+                           f"({MIN_TAG_WORDS}-{MAX_TAG_WORDS} words)",
+    "too_long": lambda d: f"{d} words is too long for a tag; use {MIN_TAG_WORDS}-{MAX_TAG_WORDS} words",
+    "vague": lambda d: f"vague word {d!r}; name the concrete product type",
+}
+_VALIDITY = {
+    "blank": lambda d: "empty tag",
+    "lines": lambda d: "a tag must be one line",
+    "no_letters": lambda d: "no letters (digits or symbols only)",
+    "url": lambda d: "contains a URL or e-mail address",
+    "markup": lambda d: "contains markup",
+    "brand": lambda d: f"names the brand {d!r}; tags must not name brands",
+}
+
+
+def _tag_defect(dimension: str, feedback: dict[str, Callable[[str], str]], req: JudgeRequest,
+                **known: Collection[str]) -> DimensionVerdict | None:
+    found = {}
+    for p in tag_problems(req.text, **known):
+        found.setdefault(p.code, p.detail)
+    code = next((c for c in feedback if c in found), None)
+    return None if code is None else _defect(dimension, feedback[code](found[code]))
+
+
 def tag_specificity(req: JudgeRequest) -> DimensionVerdict | None:
-    text = req.text.strip()
-    if not text:
+    if not req.text.strip():
         return None  # validity reports the empty tag
-    n = len(text.split())
-    if n < MIN_TAG_WORDS:
-        return _defect("specificity", f"a single word is too broad; write 'modifier + core word' "
-                                      f"({MIN_TAG_WORDS}-{MAX_TAG_WORDS} words)")
-    if n > MAX_TAG_WORDS:
-        return _defect("specificity", f"{n} words is too long for a tag; use {MIN_TAG_WORDS}-{MAX_TAG_WORDS} words")
-    vague = [w for w in words(text) if w in VAGUE_WORDS]
-    if vague:
-        return _defect("specificity", f"vague word {vague[0]!r}; name the concrete product type")
-    return None
+    return _tag_defect("specificity", _SPECIFICITY, req)
 
 
 def tag_validity(req: JudgeRequest) -> DimensionVerdict | None:
-    text = req.text
-    if not text.strip():
-        return _defect("validity", "empty tag")
-    if "\n" in text.strip() or "\r" in text:
-        return _defect("validity", "a tag must be one line")
-    if not any(c.isalpha() for c in text):
-        return _defect("validity", "no letters (digits or symbols only)")
-    if _URL.search(text):
-        return _defect("validity", "contains a URL or e-mail address")
-    if _MARKUP.search(text) or _SECTION_MARKERS.search(text):
-        return _defect("validity", "contains markup")
-    brands = _brands_in(text, req.banned_terms)
-    if brands:
-        return _defect("validity", f"names the brand {brands[0]!r}; tags must not name brands")
-    return None
+    return _tag_defect("validity", _VALIDITY, req, brands=brand_keys(req.banned_terms))
 
 
 def tag_consistency(req: JudgeRequest) -> DimensionVerdict | None:
-    tag = folded(req.text)
-    if not tag:
-        return None
-    for p in req.recent_purchases:
-        if folded(p) == tag:
-            return _defect("consistency", f"repeats the recent purchase {p!r}; suggest something new")
-    return None
+    return _tag_defect("consistency", {"recent": lambda p: f"repeats the recent purchase {p!r}; suggest something new"},
+                       req, recent=keyed(req.recent_purchases))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -461,11 +378,11 @@ def explanation_informativeness(req: JudgeRequest) -> DimensionVerdict | None:
 
 def explanation_safety(req: JudgeRequest) -> DimensionVerdict | None:
     text = req.text
-    if _URL.search(text):
+    if URL.search(text):
         return _defect("safety", "contains a URL or e-mail address")
-    if _MARKUP.search(text):
+    if MARKUP.search(text):
         return _defect("safety", "contains markup")
-    if _SECTION_MARKERS.search(text):
+    if SECTION_MARKERS.search(text):
         return _defect("safety", "contains prompt section markers")
     for p in INJECTION_PATTERNS:
         if p.search(text):
@@ -497,9 +414,9 @@ def explanation_factuality(req: JudgeRequest) -> DimensionVerdict | None:
         if other:
             return _defect("factuality", f"says {num} {unit} but the item facts say {num} {other[0]}")
     # brands: a known brand must be the item's own, or appear in the facts/evidence
-    for b in _brands_in(text, req.banned_terms):
+    for b in brands_in(text, brand_keys(req.banned_terms)):
         own = req.item.brand and folded(b) == folded(req.item.brand)
-        if not own and not _brands_in(support, [b]):
+        if not own and not brands_in(support, brand_keys([b])):
             return _defect("factuality", f"names the brand {b!r}, which is not this item's")
     # a named department / aisle / section of a known kind must match the item's facts
     fact_words = set(folded(facts))

@@ -18,7 +18,8 @@ class ContextOverrides(BaseModel):
     now: str | None = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$", examples=["2017-10-01"],
                             description="Environment date YYYY-MM-DD; history after it is hidden from the agents.")
     n_personas: int | None = Field(None, ge=1, le=5, description="K personas.")
-    n_tags: int | None = Field(None, ge=1, le=12, description="N final tags.")
+    n_tags: int | None = Field(None, ge=1, le=50, description="N final tags.")
+    tags_only: bool | None = Field(None, description="Stop after the tag judge: tags, no items.")
     n_items: int | None = Field(None, ge=1, le=20, description="Items to recommend.")
     beta: float | None = Field(None, ge=0.0, le=1.0, description="Weight of the user tower vs the tags in retrieval.")
     judge_mode: Literal["joint", "per_dimension"] | None = None

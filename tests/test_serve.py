@@ -129,7 +129,7 @@ def _post(client, body: Any, **kw) -> httpx.Response:
     (b'{"user_id": 1 2}', 400, "malformed JSON: "),
     ({"user_id": "1", "context": {"temperature": 0.9}}, 422, "context.temperature: not an allowed field"),
     ({"user_id": "1", "context": {"n_items": 0}}, 422, "context.n_items: Input should be greater than or equal to 1"),
-    ({"user_id": "1", "context": {"n_tags": 13}}, 422, "context.n_tags: Input should be less than or equal to 12"),
+    ({"user_id": "1", "context": {"n_tags": 51}}, 422, "context.n_tags: Input should be less than or equal to 50"),
     ({"user_id": "1", "context": {"beta": 1.5}}, 422, "context.beta"),
     ({"user_id": "1", "context": {"judge_mode": "loud"}}, 422, "context.judge_mode"),
     ({"user_id": "1", "context": {"now": "2017-02-30"}}, 422, "context.now: not a calendar date: 2017-02-30"),

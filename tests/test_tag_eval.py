@@ -15,6 +15,7 @@ import pytest
 from evals.tag_eval import (
     BASELINES,
     METRIC_KEYS,
+    NOTE_BASELINES,
     CategoryMapper,
     category_facts,
     distinct_n,
@@ -102,7 +103,8 @@ def test_mapping_audit_hand_computed():
 # ----- targets on a hand-made dataset -------------------------------------------------------------
 
 def _toy() -> SimpleNamespace:
-    items = pl.DataFrame({"item_id": ["i1", "i2", "i3", "i4", "i5"], "category": ["A", "B", "C", "", "D"]})
+    items = pl.DataFrame({"item_id": ["i1", "i2", "i3", "i4", "i5"], "category": ["A", "B", "C", "", "D"],
+                          "title": ["Apple Pie", "Baked Beans", "Corn Chips", "Dog Food", "Egg Noodles"]})
     d = timedelta(days=1)
     rows = [  # (user, item, ts) in dataset row order
         ("u", "i2", T - 30 * d), ("u", "i2", T - 25 * d), ("u", "i2", T - 24 * d),  # B three times, long ago
@@ -127,6 +129,9 @@ def test_targets_baselines_and_discovery_on_a_hand_made_dataset():
     assert f.next_cat["u"] == "A" and f.basket["u"] == {"A", "C"}
     assert f.discovery["u"] == "C"  # first category u never bought before T
     assert f.next_cat["v"] == "C" and "v" not in f.discovery  # v only re-buys C; B falls on the end date
+    # the tools' lists: u's own types by count; no household shares a category with u, so no kNN
+    assert f.tools["u"][:2] == ["baked beans", "apple pie"] and f.knn_new["u"] == []
+    assert f.baseline("tools_only", "u") == f.tools["u"]
 
 
 # ----- baselines on real completejourney data ----------------------------------------------------
@@ -217,7 +222,7 @@ def test_eval_tags_on_a_scripted_batch(tmp_path, monkeypatch, capsys):
     e = r["intentrec"]["explanations"]
     assert e["n"] == 9 and e["idf"] == 0.0 and e["distinct_2"] == pytest.approx(1 / 9, abs=1e-4)
     # every figure on which IntentRec is below a baseline is a note with both numbers
-    for b in BASELINES:
+    for b in NOTE_BASELINES:
         for key, label in (("hr@k", "HR@K:"), ("discovery_hr@k", "discovery HR@K:")):
             a, c = ir[key], r["metrics"][b][key]
             if a is not None and c is not None and a < c:
