@@ -9,10 +9,12 @@ Definitions (fixed; docs/tag_eval.md explains the choices):
 
 * **Category**: the dataset's ``items["category"]`` (completejourney: ``product_category``, 303 values).
   Purchase lines of items without a category (540 of 92k items) are ignored everywhere below.
-* **Tag → category**: the nearest category *name* by MiniLM text embedding (``TextEncoder``, cosine
-  over the L2-normalised vectors; the category matrix is embedded once and cached on disk). Every
-  tag's category and similarity are in the report. Baselines write category names as tags, which the
-  same mapping sends to themselves (cosine 1).
+* **Tag → category**: a tag that is exactly a catalogue product-type phrase (``tools.tag_stats``)
+  maps to the category that phrase is most bought in before T (similarity 1); any other tag maps to
+  the nearest category *name* by MiniLM text embedding (``TextEncoder``, cosine over the
+  L2-normalised vectors; the category matrix is embedded once and cached on disk). Every tag's
+  category and similarity are in the report. Baselines write category names as tags, which the
+  embedding sends to themselves (cosine 1). The same mapping serves IntentRec and the tools-only list.
 * **Predicted list**: a method's tags, cut to the first K (30), mapped to categories, repeats dropped.
 * **Next-purchase target**: the category of the user's first purchase line at or after T inside the
   window (lines at the same timestamp in the dataset's row order). ``hr_basket@K`` counts a hit on any
@@ -200,6 +202,7 @@ class CategoryFacts:
     knn_new: dict[str, list[str]] = field(default_factory=dict)  # user -> category-kNN, never bought, best first
     tools: dict[str, list[str]] = field(default_factory=dict)  # user -> the candidate tools' ranking (phrases)
     k: int = DEFAULT_K
+    tool_stats: Any = None  # the tools.tag_stats.TagStats at T behind knn_new and tools
 
     def baseline(self, name: str, user: str) -> list[str]:
         if name == "popular":
@@ -271,6 +274,7 @@ def _tool_lists(facts: CategoryFacts, dataset: Any, users: Sequence[str], stats:
     from tools.tag_stats import TagStats, collaborative_new
 
     stats = stats or TagStats.build(dataset, facts.cutoff, behaviors=tuple(behaviors))
+    facts.tool_stats = stats
     for u in users:
         if u not in facts.seen:
             continue
@@ -290,20 +294,18 @@ def default_encoder() -> Any:
 
 
 class CategoryMapper:
-    """Nearest category name by MiniLM cosine. The category matrix is embedded once (disk-cached)."""
+    """A catalogue phrase's own category (``exact``), else the nearest category name by MiniLM cosine.
+    The category matrix is embedded once (disk-cached)."""
 
-    def __init__(self, categories: Sequence[str], encoder: Any = None):
+    def __init__(self, categories: Sequence[str], encoder: Any = None, exact: dict[str, str] | None = None):
         self.categories = sorted({c for c in categories if c})
         self.encoder = encoder or default_encoder()
         self.matrix = self.encoder.encode_cached(self.categories)
-        self._memo: dict[str, tuple[str, float]] = {}
+        self._memo: dict[str, tuple[str, float]] = {p: (c, 1.0) for p, c in (exact or {}).items()
+                                                     if c in set(self.categories)}
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return self.encoder.encode(list(texts))
-
-    def warm(self, texts: Iterable[str]) -> None:
-        """Embed a fixed vocabulary once (disk-cached), so mapping its phrases later costs nothing."""
-        self.encoder.encode_cached(sorted(set(texts)))
 
     def map(self, tags: Sequence[str]) -> list[tuple[str, float]]:
         """Each tag's nearest category and its cosine (memoised per distinct text)."""
@@ -713,8 +715,9 @@ def run_tag_eval(dataset: str | None = None, *, users: int | None = 30, cutoff: 
     if not evaluated:
         raise TagEvalError("no user left to evaluate" + (f" in batch {batch_id} (counts {info['counts']}); run it "
                                                          "without --no-resume" if batch_id else ""))
-    mapper = CategoryMapper(ds.items["category"].drop_nulls().unique().to_list(), encoder or default_encoder())
-    mapper.warm(catalogue_categories(ds))  # the tools' phrases are catalogue phrases: embed them once, disk-cached
+    stats = facts.tool_stats
+    mapper = CategoryMapper(ds.items["category"].drop_nulls().unique().to_list(), encoder or default_encoder(),
+                            exact=dict(zip(stats.types, stats.type_category, strict=True)))
     tags = None if ir is None else {u: ir["users"][u]["tags"] for u in evaluated}
     table, per_user = score_methods(evaluated, facts, mapper, intentrec=tags, k=k, match_n=match_n)
     if ir is not None:

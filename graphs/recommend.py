@@ -274,9 +274,11 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
         if not new:
             return update
         update["tags"] = keep + new
+        grounded = {normalize(c["phrase"]): f"{c['tool']}: {c['why']}" for c in state.get("tag_candidates") or []}
         update["judge_requests"] = [
             JudgeRequest(subject_id=_tag_sid(t), kind="tag", text=t["tag"],
                          intent=f"{t['persona']}: {t['intent']}", evidence=t.get("evidence", ""),
+                         grounding=grounded.get(normalize(t["tag"]), ""),
                          recent_purchases=state.get("recent_purchases", [])[:30],
                          environment=ctx.env.describe(), banned_terms=sorted(brands))
             for t in new

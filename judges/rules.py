@@ -26,7 +26,9 @@ for a reason the arbiter checks; only the feedback is the judge's.
 * **consistency** (freshness) -- defect when the tag is an exact repeat of a recent purchase
   (case, punctuation and simple plurals ignored). Otherwise undecided (consistency with the intent is
   the model's call).
-* **relevance** -- no rule.
+* **relevance** -- ``good`` when the graph grounded the tag in the user's log (``grounding``: a
+  candidate tool found the phrase in this user's purchases before the run's date, with its evidence).
+  Otherwise undecided (a free tag's relevance is the semantic evaluator's or the model's call).
 
 Rules (explanations)
 --------------------
@@ -331,6 +333,12 @@ def tag_validity(req: JudgeRequest) -> DimensionVerdict | None:
     return _tag_defect("validity", _VALIDITY, req, brands=brand_keys(req.banned_terms))
 
 
+def tag_relevance(req: JudgeRequest) -> DimensionVerdict | None:
+    if not req.grounding:
+        return None
+    return _rule("relevance", "good", f"grounded in the purchase log by {req.grounding}")
+
+
 def tag_consistency(req: JudgeRequest) -> DimensionVerdict | None:
     return _tag_defect("consistency", {"recent": lambda p: f"repeats the recent purchase {p!r}; suggest something new"},
                        req, recent=keyed(req.recent_purchases))
@@ -524,6 +532,7 @@ def explanation_timeliness(req: JudgeRequest) -> DimensionVerdict | None:
 # ----------------------------------------------------------------------------------------------
 
 TAG_RULES: dict[str, Callable[[JudgeRequest], DimensionVerdict | None]] = {
+    "relevance": tag_relevance,
     "specificity": tag_specificity,
     "validity": tag_validity,
     "consistency": tag_consistency,

@@ -49,6 +49,10 @@ class JudgeRequest(BaseModel):
     evidence: str = ""
     #: for explanations: the facts of the item explained
     item: ItemFacts | None = None
+    #: for tags: the candidate tool that found this phrase in the user's own log before the run's date
+    #: and its evidence ("own: bought 12x, last 3 days ago"), set by the graph only when the phrase is in
+    #: the user's candidate pool (never taken from model output); empty for free generation
+    grounding: str = ""
     #: for tags: titles/types the user bought in the last few weeks (freshness)
     recent_purchases: list[str] = Field(default_factory=list)
     #: the environment description (date, season, holidays) for timeliness

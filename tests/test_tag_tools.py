@@ -33,6 +33,7 @@ CATALOGUE = {  # item id -> (title, category)
     "bread": ("White Bread", "Bakery"),
     "candy": ("Candy Corn", "Candy"),
     "tea": ("Green Tea", "Drinks"),
+    "cocoa": ("Hot Cocoa", "Drinks"),
 }
 
 
@@ -94,6 +95,12 @@ def test_own_types_by_count_then_recency():
     assert [(c.phrase, c.score) for c in got] == [("green tea", 2.0), ("potato chips", 1.0), ("tomato salsa", 1.0)]
     assert got[1].why == "bought 1x, last 2 days ago"
     assert own_types(TagStats.build(make(rows), T), "nobody") == []
+    # one type per category per round: Drinks (tea 3 + cocoa 2) first, then Snacks, then cocoa
+    rows = [("v", "tea", T - timedelta(days=d)) for d in (9, 8, 7)] + [("v", "cocoa", T - timedelta(days=d))
+                                                                       for d in (6, 5)]
+    rows.append(("v", "chips", T - timedelta(days=1)))
+    got = own_types(TagStats.build(make(rows), T), "v")
+    assert [c.phrase for c in got] == ["green tea", "potato chips", "hot cocoa"]
 
 
 def test_collaborative_new_is_category_knn_over_never_bought_categories():

@@ -80,6 +80,21 @@ def test_arbiter_refills_from_the_candidate_tools_and_records_it(cj, items, user
     assert [t["source"] for t in out["tags"]] == ["free", "complement", "collaborative", "own"]
     assert {"stage": "arbiter", "subject": "tags", "reason": "filled_from_tools", "count": 3} in out["drops"]
     assert len(out["judge_requests"]) == 4  # refilled tags are judged like any other
+    # a phrase in the user's candidate pool is grounded (tool and evidence) for the judge; a free one is not
+    assert [r.grounding for r in out["judge_requests"]] == ["own: bought 3 times", "complement: lift 3.0",
+                                                             "collaborative: similar", "own: bought 2 times"]
+
+
+def test_the_judge_takes_relevance_from_log_grounding_and_nothing_else():
+    from judges.rules import evaluate_rules
+    from judges.schemas import JudgeRequest
+
+    grounded = evaluate_rules(JudgeRequest(subject_id="t", kind="tag", text="whole milk", grounding="own: bought 9x"))
+    assert grounded["relevance"].outcome == "good" and "own: bought 9x" in grounded["relevance"].reason
+    assert "relevance" not in evaluate_rules(JudgeRequest(subject_id="t", kind="tag", text="whole milk"))
+    # grounding never overrides a rule defect on another dimension
+    vague = evaluate_rules(JudgeRequest(subject_id="t", kind="tag", text="some snacks", grounding="own: x"))
+    assert vague["specificity"].outcome == "defect"
 
 
 def test_too_few_tags_end_as_a_recorded_shortfall(cj, items, user_id, monkeypatch):

@@ -5,7 +5,7 @@ never reaches a tool. A *product type* is the catalogue phrase of an item (``pro
 first comma part of its title, when that is 2–4 plain words); a *basket* is one user's rows at one
 timestamp. The four tools, each returning ``Candidate`` s best first:
 
-* ``own_types``: the user's own product types, by purchase count, ties by recency;
+* ``own_types``: the user's own product types, one per category per round, by purchase count and recency;
 * ``complements``: types bought in the same baskets as the user's top types, ranked by **lift**
   (co-occurrence over what independence predicts), with a minimum support, never bought by the user;
 * ``seasonal``: types whose share of purchases rises in the coming weeks of an earlier year, or in the
@@ -183,12 +183,21 @@ def _build(dataset: Dataset, now: datetime, behaviors: tuple[str, ...]) -> TagSt
 # the tools
 
 def own_types(stats: TagStats, user_id: str, n: int = 40) -> list[Candidate]:
-    """The user's own product types by purchase count, ties by the most recent purchase."""
+    """The user's own product types, one per category per round: the categories by the user's purchase
+    count (ties: most recent), each contributing its next type by count (ties: most recent), so the
+    first types cover as many of the user's categories as the frequent-categories list does."""
     counts = stats.user_type_counts(user_id)
     last = stats.user_type_last.get(str(user_id), {})
-    order = sorted(counts, key=lambda t: (-counts[t], -last[t].timestamp(), stats.types[t]))[:n]
+    by_cat: dict[str, list[int]] = {}
+    for t in sorted(counts, key=lambda t: (-counts[t], -last[t].timestamp(), stats.types[t])):
+        by_cat.setdefault(stats.type_category[t], []).append(t)
+    cats = sorted(by_cat, key=lambda c: (-sum(counts[t] for t in by_cat[c]),
+                                         -max(last[t] for t in by_cat[c]).timestamp(), c))
+    order: list[int] = []
+    for rnd in range(max((len(v) for v in by_cat.values()), default=0)):
+        order += [by_cat[c][rnd] for c in cats if rnd < len(by_cat[c])]
     out = []
-    for t in order:
+    for t in order[:n]:
         days = (stats.now - last[t]).days
         out.append(Candidate(stats.types[t], stats.type_category[t], "own", float(counts[t]),
                              f"bought {counts[t]}x, last {days} days ago"))
