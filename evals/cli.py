@@ -181,6 +181,31 @@ def eval_tags_compare(
     _emit(report, out=out, as_json=as_json, render=render_compare)
 
 
+@eval_app.command("shopper")
+def eval_shopper(
+    batch: str = typer.Option(None, "--batch", help="A finished 'eval tags --full-graph' batch (default: the newest "
+                              "batch in the run log)."),
+    runlog: str = typer.Option(None, "--runlog", help="Run log holding the batch (default: INTENTREC_RUNLOG_PATH or <data dir>/runs.sqlite)."),
+    dataset: str = typer.Option(None, "--dataset", "-d", help="Dataset spec (default: the batch's, else completejourney)."),
+    cutoff: str = typer.Option(None, "--cutoff", help="T, YYYY-MM-DD (default: the batch's date; must agree with it)."),
+    window: int = typer.Option(28, "--window", min=1, help="Days after T in which targets are found."),
+    min_events: int = typer.Option(20, "--min-events", min=1, help="Minimum purchases before T per user."),
+    out: str = typer.Option(None, "--out", "-o", help="Also write the JSON report here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the tables."),
+) -> None:
+    """The items the full graph emitted vs TIFU-KNN and personal top-frequency cut to the same K per
+    user (Recall, NDCG, HitRate on all / repeat / explore targets). Runs nothing."""
+
+    from core.options import parse_date
+    from evals.shopper_eval import render as render_shopper
+    from evals.shopper_eval import run_shopper_eval
+
+    say = (lambda m: None) if as_json else (lambda m: typer.echo(m, err=True))
+    report = run_shopper_eval(batch, runlog=runlog, dataset=dataset, cutoff=parse_date(cutoff, "--cutoff"),
+                              window_days=window, min_events=min_events, say=say)
+    _emit(report, out=out, as_json=as_json, render=render_shopper)
+
+
 @eval_app.command("explanations")
 def eval_explanations(
     batch: str = typer.Option(None, "--batch", help="Audit every run of this batch."),
