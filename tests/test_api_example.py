@@ -24,7 +24,8 @@ def python_blocks() -> list[str]:
 
 def test_readme_api_example_runs(tmp_path, monkeypatch, capsys):
     blocks = python_blocks()
-    assert len(blocks) == 2 and "replay_runs" in blocks[1] and "rec.fork(" in blocks[1]
+    assert len(blocks) == 3 and "candidate_pool" in blocks[1]
+    assert "replay_runs" in blocks[2] and "rec.fork(" in blocks[2]
     store = RunLog(tmp_path / "runs.sqlite")
     model = make_model(k=2)
     built = []
@@ -45,6 +46,9 @@ def test_readme_api_example_runs(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
 
     assert len(built) == 2
+    # the candidate tools block: statistics before the date, 30 phrases in the tools' own ranking
+    assert ns["stats"].now.isoformat() == "2017-10-01T00:00:00"
+    assert len(ns["tools_only_ranking"](ns["candidate_pool"](ns["stats"], "1"), n=30)) == 30
     out, fork, report = ns["out"], ns["fork"], ns["report"]
     assert ns["run"]["status"] == "ok" and ns["run"]["context"]["models"]["judge"] == "scripted"
     assert len(out["tags"]) == 4 and out["recommendations"]

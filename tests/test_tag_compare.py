@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from evals.tag_compare import jaccard, paired_counts
-from evals.tag_eval import TagEvalError
+from evals.tag_eval import BASELINES, TagEvalError
 from tests.test_runlog_support import NOW, make_app, run_cli
 from tests.test_tag_eval import _json
 
@@ -60,7 +60,7 @@ def test_tags_compare_on_two_scripted_batches(tmp_path, monkeypatch, capsys):
         assert calls["calls"] > 0 and calls["failed_calls"] == 0 and calls["unparsed_calls"] == 0
         assert calls["valid_share"] == 1.0 and calls["users_per_min"] > 0
     assert two["backend"] is None and two["batch_id"] == a and one["batch_id"] == b
-    assert set(r["baselines_same_users"]) == {"frequent", "recent", "popular"}
+    assert set(r["baselines_same_users"]) == set(BASELINES)
 
     # the same batch against itself agrees everywhere
     code, out, err = run_cli(["eval", "tags-compare", "--batch", a, "--batch", a, "--runlog", path, "--json"],
