@@ -57,9 +57,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from core.processes import free_port, stop, wait_http
+from evals.run_stats import percentile  # noqa: F401 (part of this module's API)
+from evals.run_stats import spread as _stats
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("latency", "overhead", "prefix", "throughput", "retrieval", "memory", "llm")
@@ -83,22 +83,9 @@ NEAR_LINEAR_EFFICIENCY = 0.8
 
 # ----- small helpers --------------------------------------------------------------------------------
 
-def percentile(xs: Sequence[float], q: float) -> float | None:
-    """Linear-interpolated percentile (numpy's default); None for no data."""
-    xs = [float(x) for x in xs if x is not None]
-    return float(np.percentile(xs, q)) if xs else None
-
-
 def _r(x: float | None, nd: int = 4) -> float | None:
     return None if x is None else round(float(x), nd)
 
-
-def _stats(xs: Sequence[float], nd: int = 4) -> dict[str, Any]:
-    xs = [float(x) for x in xs if x is not None]
-    if not xs:
-        return {"n": 0, "median": None, "p95": None, "min": None, "max": None}
-    return {"n": len(xs), "median": _r(statistics.median(xs), nd), "p95": _r(percentile(xs, 95), nd),
-            "min": _r(min(xs), nd), "max": _r(max(xs), nd)}
 
 
 def _ts(s: str | None) -> float | None:

@@ -43,3 +43,20 @@ def call_stats(store: Any, run_ids: Sequence[str]) -> dict[str, Any]:
             "wall_s_median": _round(statistics.median(walls), 1) if walls else None,
             "wall_s_max": _round(max(walls), 1) if walls else None,
             "span_s": _round(span, 1), "users_per_min": _round(len(run_ids) / span * 60, 3) if span else None}
+
+
+def percentile(xs: Sequence[float], q: float) -> float | None:
+    """Linear-interpolated percentile (numpy's default); None for no data."""
+    import numpy as np
+
+    xs = [float(x) for x in xs if x is not None]
+    return float(np.percentile(xs, q)) if xs else None
+
+
+def spread(xs: Sequence[float], nd: int = 4) -> dict[str, Any]:
+    """n, median, p95, min and max of the values that are not None (None figures when there are none)."""
+    xs = [float(x) for x in xs if x is not None]
+    if not xs:
+        return {"n": 0, "median": None, "p95": None, "min": None, "max": None}
+    return {"n": len(xs), "median": _round(statistics.median(xs), nd), "p95": _round(percentile(xs, 95), nd),
+            "min": _round(min(xs), nd), "max": _round(max(xs), nd)}

@@ -58,6 +58,7 @@ import numpy as np
 import polars as pl
 
 from core.errors import IntentRecError
+from evals.run_stats import spread
 
 DEFAULT_K = 30
 RECENT_DAYS = 14
@@ -278,7 +279,7 @@ def _tool_lists(facts: CategoryFacts, dataset: Any, users: Sequence[str], stats:
     for u in users:
         if u not in facts.seen:
             continue
-        facts.knn_new[u] = distinct_in_order(c.category for c in collaborative_new(stats, u, 10 * facts.k))[:facts.k]
+        facts.knn_new[u] = [c.category for c in collaborative_new(stats, u, facts.k)]  # one per category
         facts.tools[u] = [c.phrase for c in tools_only_ranking(candidate_pool(stats, u), n=facts.k)]
 
 
@@ -433,13 +434,6 @@ def score_methods(users: Sequence[str], facts: CategoryFacts, mapper: CategoryMa
     return table, per_user
 
 
-def _percentiles(xs: Sequence[float]) -> dict[str, float | None]:
-    """Median and p95 (None when empty)."""
-    if not xs:
-        return {"median": None, "p95": None}
-    return {"median": _r(float(np.median(xs)), 2), "p95": _r(float(np.percentile(xs, 95)), 2)}
-
-
 def _r(x: float | None, nd: int = 4) -> float | None:
     return None if x is None else round(x, nd)
 
@@ -459,8 +453,7 @@ def loss_notes(table: dict[str, dict[str, Any]], per_user: dict[str, dict[str, A
             a, c = ir[key], table[b][key]
             if a is None or c is None or a >= c:
                 continue
-            only_i = sum(1 for p in per_user.values() if p["intentrec"][ikey] == 1.0 and p[b][bkey] == 0.0)
-            only_b = sum(1 for p in per_user.values() if p["intentrec"][ikey] == 0.0 and p[b][bkey] == 1.0)
+            only_i, only_b = paired(per_user, "intentrec", b, ikey, bkey).values()
             n = ir["n_with_discovery_target"] if "discovery" in key else ir["n_with_target"]
             notes.append(f"IntentRec loses to {b} on {label}: {a:.3f} vs {c:.3f} ({n} users; {only_i} hit only by "
                          f"IntentRec, {only_b} only by {b})")
@@ -489,10 +482,17 @@ def frontier_at(table: dict[str, dict[str, Any]], hr: float) -> tuple[float | No
     return None, "no frontier"  # unreachable
 
 
-def paired(per_user: dict[str, dict[str, Any]], a: str, b: str, key: str) -> dict[str, int]:
-    """Users hit only by ``a`` and only by ``b`` on ``key`` (``hit`` / ``discovery_hit``)."""
-    only_a = sum(1 for p in per_user.values() if (p.get(a) or {}).get(key) == 1.0 and (p.get(b) or {}).get(key) == 0.0)
-    only_b = sum(1 for p in per_user.values() if (p.get(a) or {}).get(key) == 0.0 and (p.get(b) or {}).get(key) == 1.0)
+def paired(per_user: dict[str, dict[str, Any]], a: str, b: str, key: str,
+           b_key: str | None = None) -> dict[str, int]:
+    """Users hit only by ``a`` (on ``key``) and only by ``b`` (on ``b_key``, default ``key``): ``hit``,
+    ``discovery_hit``, or a baseline's size-matched ``hit@n``."""
+    b_key = b_key or key
+
+    def got(p: dict[str, Any], m: str, k: str) -> Any:
+        return (p.get(m) or {}).get(k)
+
+    only_a = sum(1 for p in per_user.values() if got(p, a, key) == 1.0 and got(p, b, b_key) == 0.0)
+    only_b = sum(1 for p in per_user.values() if got(p, a, key) == 0.0 and got(p, b, b_key) == 1.0)
     return {f"only_{a}": only_a, f"only_{b}": only_b}
 
 
@@ -570,7 +570,7 @@ def intentrec_summary(ir: dict[str, Any], users: Sequence[str]) -> dict[str, Any
         "tag_sources": dict(Counter(x for p in per for x in p["sources"]).most_common()),
         "tag_shortfall": {"users": sum(1 for p in per if p["shortfall"]), "tags": sum(p["shortfall"] for p in per)},
         "tags_filled_from_tools": sum(p["filled_from_tools"] for p in per),
-        "wall_s_per_user": _percentiles([p["wall_s"] for p in per if p["wall_s"] is not None]),
+        "wall_s_per_user": spread([p["wall_s"] for p in per], 2),
         "tags_dropped_by_judge": sum(p["dropped_tags"] for p in per),
         "judge": judge_rates([j for p in per for j in p["judgements"]]),
         "explanations": {"n": len(expl), "distinct_2": _r(distinct_n(expl, 2)), "idf": _r(idf_score(expl))},

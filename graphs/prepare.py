@@ -16,7 +16,8 @@ from agents.context import Context
 from behavior.compress import compress_history
 from behavior.schema import Dataset
 from prompts.registry import fence_untrusted
-from tools.tag_stats import product_type
+from tools.candidates import candidate_pool, tools_only_ranking
+from tools.tag_stats import TagStats, as_dicts, product_type
 
 
 @dataclass
@@ -28,7 +29,7 @@ class PreparedContext:
     #: the phrases the expert may choose in the ``catalogue`` tag mode: the candidate tools' pool, or
     #: (a user the tools know nothing about) catalogue product types near the user's categories
     tag_vocabulary: list[str] = field(default_factory=list)
-    #: the candidate tools' phrases for this user in the tools' own ranking: {phrase, category, tool, why}
+    #: the candidate tools' phrases for this user in the tools' own ranking: {phrase, category, tool, score, why}
     tag_candidates: list[dict] = field(default_factory=list)
 
 
@@ -70,12 +71,8 @@ EVIDENCE_PER_TOOL = 6
 def tool_candidates(dataset: Dataset, user_id: str, now: Any) -> list[dict]:
     """The candidate tools' pool for ``user_id`` from data before ``now``, in the tools-only ranking
     (``tools.candidates``); the statistics behind it are computed once per dataset and date."""
-    from tools.candidates import candidate_pool, tools_only_ranking
-    from tools.tag_stats import TagStats
-
     pool = candidate_pool(TagStats.build(dataset, now), user_id)
-    return [{"phrase": c.phrase, "category": c.category, "tool": c.tool, "why": c.why}
-            for c in tools_only_ranking(pool, n=len(pool))]
+    return as_dicts(tools_only_ranking(pool, n=len(pool)))
 
 
 def candidates_text(cands: list[dict], per_tool: int = EVIDENCE_PER_TOOL) -> dict[str, list[dict]]:

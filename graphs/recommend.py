@@ -209,7 +209,7 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
             return "emit" if state.get("tags_only") else "retrieve"
         shared = state["shared_context"]
         vocab = state.get("tag_vocabulary") or []
-        sources = {normalize(c["phrase"]): c["tool"] for c in state.get("tag_candidates") or []}
+        sources = {k: c["tool"] for k, c in _candidates_by_key(state).items()}
         return [Send("expert", {"persona": p, "shared_context": shared, "run_id": state.get("run_id", ""),
                                 "vocabulary": vocab, "sources": sources}) for p in state["personas"]]
 
@@ -274,7 +274,7 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
         if not new:
             return update
         update["tags"] = keep + new
-        grounded = {normalize(c["phrase"]): f"{c['tool']}: {c['why']}" for c in state.get("tag_candidates") or []}
+        grounded = {k: f"{c['tool']}: {c['why']}" for k, c in _candidates_by_key(state).items()}
         update["judge_requests"] = [
             JudgeRequest(subject_id=_tag_sid(t), kind="tag", text=t["tag"],
                          intent=f"{t['persona']}: {t['intent']}", evidence=t.get("evidence", ""),
@@ -302,7 +302,7 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
                                                     "tags": passed})
         if len(passed) < ctx.n_tags:
             drops.append(_drop("tag_gate", "tags", "shortfall", count=ctx.n_tags - len(passed)))
-        return Command(goto="emit" if ctx.tags_only else "retrieve", update={"tags": passed, "drops": drops})
+        return Command(goto="emit" if state.get("tags_only") else "retrieve", update={"tags": passed, "drops": drops})
 
     @_node("retrieve")
     def retrieve(state: State, runtime: Runtime[Context]) -> dict:
@@ -489,7 +489,7 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
                 "tag_grade": tv.grade if tv else None,
                 "dimensions": {d.dimension: d.outcome for d in v.dimensions},
             })
-        if runtime.context.tags_only:
+        if state.get("tags_only"):
             status = "tags_only" if state.get("tags") else "empty"
         else:
             status = "ok" if recs else "empty"
@@ -534,6 +534,14 @@ def recursion_limit(ctx: Context) -> int:
     per tag regeneration, 4 per explanation regeneration and 3 for the judged facts lines of the
     ``facts`` explanation fallback, plus slack."""
     return 13 + 3 * ctx.regen_limit + 4 * ctx.regen_limit + 3 + 4
+
+
+def _candidates_by_key(state: State) -> dict[str, dict]:
+    """The candidate tools' entries by normalised phrase (the first entry wins, as in the pool)."""
+    out: dict[str, dict] = {}
+    for c in state.get("tag_candidates") or []:
+        out.setdefault(normalize(c["phrase"]), c)
+    return out
 
 
 def _tool_refill(state: State, taken: list[dict], judged: set[str], n: int) -> list[dict]:

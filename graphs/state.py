@@ -52,7 +52,7 @@ class State(TypedDict, total=False):
     recent_purchases: list[str]
     history_stats: dict[str, Any]
     tag_vocabulary: list[str]
-    #: the candidate tools' phrases for this user, best first: {phrase, category, tool, why}
+    #: the candidate tools' phrases for this user, best first: {phrase, category, tool, score, why}
     tag_candidates: list[dict]
     tags_only: bool  # Context.tags_only, copied by prepare so routing reads state only (forks replay it)
     # agents

@@ -14,6 +14,22 @@ def cj():
     return load_dataset("completejourney")
 
 
+@pytest.fixture(scope="module")
+def user_id():
+    """A completejourney household with a long history before 2017-10-01 (the 6th longest)."""
+    from tests.test_runlog_support import user_id
+
+    return user_id()
+
+
+@pytest.fixture(scope="module")
+def items():
+    """40 real completejourney items with a category (the graph tests' fake retriever serves them)."""
+    from tests.test_runlog_support import items
+
+    return items()
+
+
 @pytest.fixture(scope="package")
 def taobao():
     """The shared Taobao UserBehavior sample (``core.paths.shared_data_dir()``)."""

@@ -27,17 +27,6 @@ def cj():
     return load_dataset_cached("completejourney")
 
 
-@pytest.fixture(scope="module")
-def user_id(cj):
-    hist = cj.behaviors.filter(cj.behaviors["ts"] < __import__("datetime").datetime(2017, 10, 1))
-    counts = hist.group_by("user_id").len().sort(["len", "user_id"], descending=[True, False])
-    return counts["user_id"][5]
-
-
-@pytest.fixture(scope="module")
-def items(cj):
-    return cj.items.filter(cj.items["category"] != "").head(40).to_dicts()
-
 
 def make_rec(cj, items, model, **ctx):
     return IntentRec(dataset=cj, retriever=FakeRetriever(items), models={"default": model},

@@ -134,27 +134,21 @@ def test_seasonal_falls_back_to_the_trend_when_no_earlier_year_is_covered():
     assert "last 28 days" in got[0].why and got[0].tool == "season"
 
 
-def test_seasonal_reads_the_coming_weeks_and_the_holiday_run_up_of_an_earlier_year():
-    # now = 2018-10-05; a year earlier candy corn rose from Oct 17 to Oct 31 (before Halloween)
-    now = datetime(2018, 10, 5)
-    start = datetime(2017, 8, 1)
-    rising = range((datetime(2017, 10, 17) - start).days, (datetime(2017, 10, 31) - start).days)
+@pytest.mark.parametrize(("now", "start", "rise", "why"), [
+    # a year earlier candy corn rose from Oct 17 to Oct 31: the run-up to Halloween
+    (datetime(2018, 10, 5), datetime(2017, 8, 1), (datetime(2017, 10, 17), datetime(2017, 10, 31)),
+     "before Halloween last year"),
+    # the coming weeks a year earlier are 2017-06-02 .. 06-30; the rise starts 06-20, after Father's Day,
+    # so the holiday run-up does not see it
+    (datetime(2018, 6, 1), datetime(2017, 3, 1), (datetime(2017, 6, 20), datetime(2017, 6, 28)),
+     "in the 28 days after Jun 02 last year"),
+])
+def test_seasonal_reads_an_earlier_year(now, start, rise, why):
+    rising = range((rise[0] - start).days, (rise[1] - start).days)
     stats = TagStats.build(make(_seasonal_rows(start, rising, range(0, 400))), now)
     got = seasonal(stats, n=5)
     assert [c.phrase for c in got] == ["candy corn"]
-    assert got[0].why.endswith("before Halloween last year")
-
-
-def test_seasonal_reads_the_same_coming_weeks_of_an_earlier_year():
-    # now = 2018-06-01: the coming weeks a year earlier are 2017-06-02 .. 06-30; candy corn rose from
-    # 06-20 (after Father's Day, so the holiday run-up does not see it)
-    now = datetime(2018, 6, 1)
-    start = datetime(2017, 3, 1)
-    rising = range((datetime(2017, 6, 20) - start).days, (datetime(2017, 6, 28) - start).days)
-    stats = TagStats.build(make(_seasonal_rows(start, rising, range(0, 400))), now)
-    got = seasonal(stats, n=5)
-    assert [c.phrase for c in got] == ["candy corn"]
-    assert got[0].why.endswith("in the 28 days after Jun 02 last year")
+    assert got[0].why.endswith(why)
 
 
 def test_no_row_at_or_after_the_run_date_reaches_any_tool():

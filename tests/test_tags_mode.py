@@ -23,25 +23,6 @@ from tests.test_graph import run_node
 NOW = "2017-10-01"
 
 
-@pytest.fixture(scope="module")
-def cj():
-    from behavior.adapters import load_dataset_cached
-
-    return load_dataset_cached("completejourney")
-
-
-@pytest.fixture(scope="module")
-def items(cj):
-    return cj.items.filter(cj.items["category"] != "").head(40).to_dicts()
-
-
-@pytest.fixture(scope="module")
-def user_id(cj):
-    hist = cj.behaviors.filter(cj.behaviors["ts"] < datetime(2017, 10, 1))
-    counts = hist.group_by("user_id").len().sort(["len", "user_id"], descending=[True, False])
-    return counts["user_id"][5]
-
-
 def _ctx(**kw) -> Context:
     return Context(models={"default": make_model(k=2)}, prompts=PromptRegistry(), env=Environment.at(NOW), **kw)
 

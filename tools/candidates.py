@@ -1,6 +1,6 @@
 """The tag candidate pool: the four tools' results for one user, merged, and their own ranking.
 
-``candidate_pool`` unions the tools' lists (deduplicated by the arbiter's normalised phrase, first tool
+``candidate_pool`` unions the tools' lists (deduplicated by the tag rules' normalised phrase, first tool
 wins, in the order own, collaborative, complement, season). In catalogue mode the pool is the expert's
 grammar enum; in open mode it is evidence. ``tools_only_ranking`` is the no-LLM ablation: the tools'
 lists interleaved by a fixed quota, so the evaluation can show what the model adds to its own tools.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from agents.arbiter import normalize
+from agents.tag_rules import normalize
 from tools.tag_stats import Candidate, TagStats, collaborative_new, complements, own_types, seasonal
 
 #: candidates per tool in the pool
