@@ -80,6 +80,10 @@ class Context:
     #: facts line of ``agents.explainer.facts_explanation`` for every item, judged like any other, no
     #: model call: for models whose lines never pass the judge, as measured for the embedded 135M one)
     explanations: Literal["llm", "facts"] = "llm"
+    #: who writes the personas: "llm" (the planner agent) or "categories" (the user's most-bought
+    #: categories, ``judges.personas.category_personas``, no model call: for models whose personas the
+    #: defect rule replaces anyway, as measured for the embedded 135M one)
+    persona_source: Literal["llm", "categories"] = "llm"
     judge_mode: Literal["joint", "per_dimension"] = "joint"
     #: "open": experts write any 2-4-word tag; "catalogue": tags are constrained (grammar enum) to
     #: catalogue product types near the user's categories (agents/expert.py)

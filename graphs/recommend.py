@@ -33,6 +33,8 @@ line from the user's history without a model call, and the judge grades those.
 * Every node is wrapped by :func:`_node`: it binds ``node`` (and ``run_id``) in structlog's
   contextvars, times the node, and turns an unexpected exception into :class:`NodeError` naming the
   node. Typed user errors (unknown user, empty history) pass through unchanged.
+* ``Context.persona_source == "categories"`` (the small-model profile): the planner node writes the
+  personas from the user's most-bought categories without a model call.
 * Fallback: if the planner's output is invalid on every attempt, the personas come from the user's
   most-bought categories (``judges.personas.category_personas``, the same replacement as for
   defective personas; counted as a ``planner`` ``llm_invalid`` drop). Only a user without categories
@@ -62,7 +64,7 @@ from agents.expert import propose
 from agents.explainer import explain, facts_explanation, style_for
 from agents.planner import plan
 from behavior.schema import Dataset
-from core.errors import IntentRecError
+from core.errors import EmptyHistoryError, IntentRecError
 from graphs.prepare import prepare_user
 from graphs.state import InputState, OutputState, State
 from judges.personas import category_personas, persona_defects, persona_feedback
@@ -163,6 +165,14 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
     def planner(state: State, runtime: Runtime[Context]) -> dict:
         ctx = runtime.context
         shared = state["shared_context"]
+        if ctx.persona_source == "categories":
+            out = category_personas(_top_categories(state["user_id"], ctx), ctx.n_personas, set())
+            if out:
+                return {"personas": out, "calls": [], "fallback": None}
+            if not ctx.fallback_collaborative:
+                raise EmptyHistoryError(state["user_id"], "no categorised purchase to build personas from "
+                                        "(persona_source='categories', fallback_collaborative off)")
+            return {"personas": [], "calls": [], "fallback": "collaborative_only: no categories to build personas from"}
         texts = [t for name in ("planner", "shared_context") for t in ctx.prompts.get(name).example_texts()]
         calls = []
         try:

@@ -170,7 +170,7 @@ def small_model_profile(dataset: Dataset, encoder: Any) -> dict[str, Any]:
     from judges.semantic import SemanticJudge, catalogue_vocabulary
 
     return {"tag_vocabulary": "catalogue", "judge_profile": "semantic", "explanation_fallback": "facts",
-            "explanations": "facts",
+            "explanations": "facts", "persona_source": "categories",
             "semantic_judge": SemanticJudge(encoder, catalogue_vocabulary(dataset))}
 
 

@@ -45,6 +45,25 @@ def test_tags_only_mode_stops_after_the_tag_judge(cj, items, user_id):
     assert full["status"] == "ok" and full["recommendations"]
 
 
+def test_category_personas_need_no_planner_call(cj, items, user_id):
+    """The small-model profile's ``persona_source="categories"``: the personas are the user's
+    most-bought categories (before ``now``), the planner makes no model call, the experts still run."""
+    rec = IntentRec(dataset=cj, retriever=FakeRetriever(items), models={"default": make_model(k=2)},
+                    checkpointer=InMemorySaver(), n_personas=2, n_tags=4, tags_only=True,
+                    persona_source="categories")
+    out = rec.recommend(user_id, now=NOW)
+    hist = cj.history_with_items(user_id, before=datetime(2017, 10, 1))
+    top = hist.filter(hist["category"].fill_null("") != "")["category"].value_counts(sort=True)["category"].to_list()[:2]
+    assert [p["name"] for p in out["personas"]] == [f"{c.title()} shopper"[:30] for c in top]
+    assert out["node_totals"]["planner"]["calls"] == 0
+    assert out["node_totals"]["expert"]["calls"] == 2 and len(out["tags"]) == 4
+    assert not [d for d in out["drops"] if d["stage"] == "planner"]
+    # the default still asks the planner agent
+    llm = IntentRec(dataset=cj, retriever=FakeRetriever(items), models={"default": make_model(k=2)},
+                    checkpointer=InMemorySaver(), n_personas=2, n_tags=4, tags_only=True).recommend(user_id, now=NOW)
+    assert llm["node_totals"]["planner"]["calls"] == 1
+
+
 def test_arbiter_refills_from_the_candidate_tools_and_records_it(cj, items, user_id):
     g = build_graph(dataset=cj, retriever=FakeRetriever(items))
     ctx = _ctx(n_personas=2, n_tags=4)

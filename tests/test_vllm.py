@@ -102,7 +102,9 @@ def test_a_whole_graph_run_for_a_real_user(server, tmp_path_factory):
     assert s.small_model(model.model_name)  # the embedded weights get the embedded model's defaults
     store = RunLog(tmp_path_factory.mktemp("vllm-run") / "runs.sqlite")
     rec = IntentRec(dataset=ds, retriever=retriever, models={"default": model}, runlog=store,
-                    checkpointer=InMemorySaver(), **small_model_profile(ds, encoder))
+                    checkpointer=InMemorySaver(),
+                    # the planner agent too (the profile's default writes personas without a call)
+                    **{**small_model_profile(ds, encoder), "persona_source": "llm"})
     user = retriever.user_ids[0]
     out = rec.recommend(user, now="2017-10-01", n_personas=2, n_tags=4, n_items=4)
     assert out["status"] == "ok" and out["recommendations"] and len(out["recommendations"]) <= 4 and out["tags"]
