@@ -62,7 +62,7 @@ def make_local(settings: LLMSettings, **kwargs: Any) -> BaseChatModel:
 
     args: dict[str, Any] = dict(n_ctx=settings.n_ctx, n_threads=settings.threads(), seed=settings.seed,
                                 temperature=settings.temperature, max_tokens=settings.max_tokens,
-                                schema_hint=settings.schema_hint)
+                                schema_hint=settings.schema_hint, parallel_sequences=settings.parallel_sequences)
     gguf = settings.gguf_path()
     if gguf:
         args["model_path"] = gguf

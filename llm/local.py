@@ -34,6 +34,12 @@ Design decisions:
   a call with a long system prompt is saved and restored before the next call that starts with the
   same system prompt (:class:`PrefixStates`). How many prompt tokens were reused is reported as
   ``usage_metadata["input_token_details"]["cache_read"]``.
+* **Parallel sequences.** Calls that arrive together (the K experts of a ``Send`` fan-out) are
+  decoded as sequences of one llama.cpp context (``llm.parallel``): their common prefix is evaluated
+  once and each decode step is one batch over all of them; decode on a CPU is bound by reading the
+  weights, so K sequences cost little more than one. A call alone is a round of one, and the shared
+  context stays in the KV cache for the next round (the arbiter). ``parallel_sequences=1`` goes
+  through ``create_chat_completion`` one call at a time, with the prefix states below.
 * **Bounded.** A local call cannot hang on I/O; its length is bounded by ``max_tokens``. A prompt
   larger than ``n_ctx`` raises :class:`ContextLengthError`.
 * **Tools.** ``bind_tools`` supports *forced* calls (``tool_choice`` naming a tool, or
@@ -148,6 +154,39 @@ class LoadedModel:
     load_s: float
     path: str
     prefixes: PrefixStates = field(default_factory=PrefixStates)
+    _batchers: dict[int, Any] = field(default_factory=dict)
+    _formatter: Any = None
+
+    def batcher(self, n_seq_max: int) -> Any:
+        """The :class:`llm.parallel.SequenceBatcher` over this model's weights with ``n_seq_max``
+        sequences (its own llama.cpp context, created on first use)."""
+        from llm.parallel import ParallelDecoder, SequenceBatcher
+
+        with self.lock:
+            if n_seq_max not in self._batchers:
+                self._batchers[n_seq_max] = SequenceBatcher(ParallelDecoder(self.llama, n_seq_max=n_seq_max))
+            return self._batchers[n_seq_max]
+
+    def chat_tokens(self, messages: list[dict[str, str]]) -> list[int]:
+        """The prompt tokens ``create_chat_completion`` would evaluate for ``messages`` (the GGUF's chat
+        template, rendered by llama-cpp-python's own formatter)."""
+        from llama_cpp import llama_chat_format
+
+        llama = self.llama
+        if self._formatter is None:
+            eos, bos = llama.token_eos(), llama.token_bos()
+            self._formatter = llama_chat_format.Jinja2ChatFormatter(
+                template=llama.metadata["tokenizer.chat_template"],
+                eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
+                bos_token=llama._model.token_get_text(bos) if bos != -1 else "", stop_token_ids=[eos])
+        r = self._formatter(messages=messages)
+        return llama.tokenize(r.prompt.encode("utf-8"), add_bos=not r.added_special, special=True)
+
+    def close(self) -> None:
+        for b in self._batchers.values():
+            b.decoder.close()
+        self._batchers.clear()
+        self.llama.close()
 
 
 _LOADED: dict[tuple[str, int, int, int], LoadedModel] = {}
@@ -188,7 +227,7 @@ def unload_all() -> None:
     with _LOAD_LOCK:
         for v in _LOADED.values():
             with v.lock:
-                v.llama.close()
+                v.close()
         _LOADED.clear()
 
 
@@ -324,6 +363,9 @@ class LocalChatModel(BaseChatModel):
     #: check the grammar on this many most likely tokens first (``llm.grammar_filter``); 0: on the
     #: whole vocabulary for every token, as llama-cpp-python does
     grammar_shortlist: int = Field(default=64, ge=0)
+    #: decode concurrent calls (the K experts of a fan-out) as up to this many sequences of one
+    #: llama.cpp context (``llm.parallel``); 1: one call at a time through ``create_chat_completion``
+    parallel_sequences: int = Field(default=4, ge=1, le=16)
     model_name: str = ""
 
     _last_timings: dict[str, Any] = PrivateAttr(default_factory=dict)
@@ -417,6 +459,8 @@ class LocalChatModel(BaseChatModel):
             if k in kwargs:
                 opts[k] = kwargs.pop(k)
         loaded = self.loaded()
+        if self.parallel_sequences > 1:
+            return self._generate_parallel(loaded, call, opts)
         llama = loaded.llama
         with loaded.lock:
             if call.grammar is not None:
@@ -454,13 +498,48 @@ class LocalChatModel(BaseChatModel):
             if self.prefix_cache:
                 loaded.prefixes.after(llama, key, len(call.messages[0]["content"]) if key else 0)
         choice = resp["choices"][0]
-        text = choice["message"].get("content") or ""
-        finish = choice.get("finish_reason")
-        n_out = int(usage.get("completion_tokens", 0))
-        meta = {"model_name": self.model_name, "finish_reason": finish, "model_provider": "llama.cpp",
+        meta = {"model_name": self.model_name, "finish_reason": choice.get("finish_reason"),
+                "model_provider": "llama.cpp",
                 "timings": {"total_s": elapsed, "prompt_eval_s": prompt_eval_s,
                             "prompt_eval_tokens": n_prompt - cached}, "prefix_restored": bool(restored),
                 "grammar_full_checks": filt.full_checks if filt is not None else None}
+        return self._result(call, choice["message"].get("content") or "", meta, n_prompt=n_prompt,
+                            n_out=int(usage.get("completion_tokens", 0)), cached=cached)
+
+    def _generate_parallel(self, loaded: LoadedModel, call: PreparedCall, opts: dict[str, Any]) -> ChatResult:
+        """The call as one sequence of a :class:`llm.parallel.SequenceBatcher` round."""
+        from llm.parallel import SeqRequest
+
+        with loaded.lock:
+            tokens = loaded.chat_tokens(call.messages)
+            if call.grammar is not None:
+                _check_grammar(loaded.llama, call.grammar, name=call.tool_name or "schema", model=self.model_name)
+        if len(tokens) >= self.n_ctx:
+            raise ContextLengthError(f"prompt does not fit model {self.model_name!r} (n_ctx={self.n_ctx}): "
+                                     f"{len(tokens)} tokens", model=self.model_name, attempts=1)
+        req = SeqRequest(tokens=tokens, grammar=call.grammar, max_tokens=min(opts["max_tokens"], self.n_ctx - len(tokens)),
+                         temperature=opts["temperature"], top_k=opts["top_k"], top_p=opts["top_p"], seed=opts["seed"],
+                         shortlist=self.grammar_shortlist)
+        try:
+            loaded.batcher(self.parallel_sequences).submit(req)
+        except ContextLengthError as e:
+            raise ContextLengthError(f"model {self.model_name!r}: {e}", model=self.model_name, attempts=1) from e
+        except LLMError:
+            raise
+        except Exception as e:  # llama.cpp failures surface as the backend's typed error
+            raise LLMError(f"llama.cpp failed for model {self.model_name!r}: {e}", model=self.model_name, attempts=1) from e
+        text = req.text
+        for s in opts.get("stop") or []:  # the chat template's end token ends a sequence; stop strings cut it
+            text = text.split(s, 1)[0]
+        meta = {"model_name": self.model_name, "finish_reason": req.finish_reason, "model_provider": "llama.cpp",
+                "timings": {"total_s": req.total_s, "prompt_eval_s": None,
+                            "prompt_eval_tokens": len(tokens) - req.cached},
+                "prefix_restored": False, "parallel_sequences": req.batch_size,
+                "grammar_full_checks": req.grammar_full_checks}
+        return self._result(call, text, meta, n_prompt=len(tokens), n_out=len(req.out_tokens), cached=req.cached)
+
+    def _result(self, call: PreparedCall, text: str, meta: dict[str, Any], *, n_prompt: int, n_out: int,
+                cached: int) -> ChatResult:
         self._last_timings = meta["timings"]
         msg_kwargs: dict[str, Any] = {}
         if call.tool_name is not None:

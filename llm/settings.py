@@ -88,6 +88,8 @@ class LLMSettings(BaseSettings):
     model_path: str | None = None
     n_threads: int | None = Field(default=None, ge=1)
     n_ctx: int = Field(default=8192, ge=128)
+    #: local backend: concurrent calls decoded together as up to this many sequences (``llm.parallel``)
+    parallel_sequences: int = Field(default=4, ge=1, le=16)
     seed: int = 42
     temperature: float = Field(default=0.2, ge=0.0, le=2.0)
     max_tokens: int = Field(default=512, ge=1)

@@ -213,11 +213,16 @@ def test_grammar_shortlist_gives_the_full_grammar_output(model):
     assert isinstance(meta["grammar_full_checks"], int)
 
 
-def test_restored_prefix_gives_the_cold_output(model):
-    """A long system prompt's KV state is saved after its first call and restored after a call with
-    another prefix; the output is the one a cold call (empty cache) gives with the same seed."""
-    shared = SystemMessage("Shared context: " + " | ".join(f"2017-{m:02d}(buy: oat milk, honey, bananas x2)"
-                                                           for m in range(1, 13)) * 2)
+SHARED = SystemMessage("Shared context: " + " | ".join(f"2017-{m:02d}(buy: oat milk, honey, bananas x2)"
+                                                       for m in range(1, 13)) * 2)
+
+
+def test_restored_prefix_gives_the_cold_output():
+    """One call at a time (``parallel_sequences=1``): a long system prompt's KV state is saved after its
+    first call and restored after a call with another prefix; the output is the one a cold call
+    (empty cache) gives with the same seed."""
+    model = LocalChatModel(n_ctx=N_CTX, max_tokens=48, temperature=0.0, parallel_sequences=1)
+    shared = SHARED
     assert len(shared.content) >= 1000
     ask = [shared, HumanMessage("You are expert number two. One word.")]
     loaded = model.loaded()
@@ -232,6 +237,51 @@ def test_restored_prefix_gives_the_cold_output(model):
     assert loaded.prefixes.restores == restores + 1 and warm.response_metadata["prefix_restored"] is True
     assert warm.usage_metadata["input_token_details"]["cache_read"] >= model.count_tokens(shared.content)
     assert warm.content == cold.content
-    off = LocalChatModel(n_ctx=N_CTX, max_tokens=48, temperature=0.0, prefix_cache=False)
+    off = LocalChatModel(n_ctx=N_CTX, max_tokens=48, temperature=0.0, prefix_cache=False, parallel_sequences=1)
     off.invoke(SHORT, max_tokens=2)
     assert off.invoke(ask, max_tokens=8).response_metadata["prefix_restored"] is False
+
+
+# ----- parallel sequences (llm.parallel) --------------------------------------------------------------
+
+class Tags(BaseModel):
+    tags: list[Annotated[str, Field(max_length=24)]] = Field(min_length=3, max_length=3)
+
+
+def test_parallel_sequences_give_valid_structured_output_for_every_sequence(model):
+    """Three concurrent calls sharing the shared context (as the K experts do) are decoded as three
+    sequences of one round, and every one parses and validates against its schema."""
+    batcher = model.loaded().batcher(model.parallel_sequences)
+    rounds = len(batcher.round_sizes)
+    asks = [[SHARED, HumanMessage(f"You are the {who}. Three grocery tags.")] for who in ("baker", "parent", "runner")]
+    results: list = [None] * 3
+
+    def run(i: int) -> None:
+        results[i] = structured_call(model, Tags, asks[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert batcher.round_sizes[rounds:] == [3]  # one round of three
+    for res in results:
+        assert isinstance(res.value, Tags) and len(res.value.tags) == 3
+        assert res.record.completion_tokens > 0
+    # the shared context was evaluated once: at most one of the three paid for it
+    shared_tokens = model.count_tokens(SHARED.content)
+    assert sorted(r.record.cached_tokens >= shared_tokens for r in results)[1:] == [True, True]
+
+
+def test_parallel_path_reuses_the_prefix_and_gives_the_cold_output(model):
+    """A call whose shared context is already in the parallel context's cache (left by the previous
+    round) evaluates only its own suffix and gives the output a cold call gives, same seed."""
+    ask = [SHARED, HumanMessage("You are expert number two. One word.")]
+    model.loaded().batcher(model.parallel_sequences).decoder.reset()
+    cold = model.invoke(ask, max_tokens=8)
+    assert cold.usage_metadata["input_token_details"]["cache_read"] == 0
+    assert cold.response_metadata["parallel_sequences"] == 1
+    model.invoke([SHARED, HumanMessage("You are the planner. One word.")], max_tokens=2)
+    warm = model.invoke(ask, max_tokens=8)
+    assert warm.usage_metadata["input_token_details"]["cache_read"] >= model.count_tokens(SHARED.content)
+    assert warm.content == cold.content
