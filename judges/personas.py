@@ -13,11 +13,15 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
 from judges.rules import copied_phrase, folded
 
 #: a copied run of words this long from the planner prompt's literal text is a defect
 PERSONA_COPY_NGRAM = 3
 _LETTER = re.compile(r"[^\W\d_]")
+#: a name that is only the schema's word with a number ("persona1", "Persona 2") is a placeholder
+_PLACEHOLDER = re.compile(r"^(persona|name|shopper|customer)\s*\d*$", re.I)
 
 
 def persona_defect(persona: Any, *, prompt_texts: Sequence[str], allowed: str = "") -> str | None:
@@ -29,6 +33,8 @@ def persona_defect(persona: Any, *, prompt_texts: Sequence[str], allowed: str = 
         return "empty name"
     if not _LETTER.search(name):
         return f"name {name!r} has no letters (a number or a date is not a persona)"
+    if _PLACEHOLDER.match(name):
+        return f"name {name!r} is a placeholder, not a kind of shopper"
     if " ".join(folded(get("focus", "") or "")) == " ".join(folded(name)):
         return "focus only repeats the name; say what this persona buys"
     for field in ("name", "focus", "evidence"):
@@ -44,10 +50,13 @@ def persona_defect(persona: Any, *, prompt_texts: Sequence[str], allowed: str = 
 
 
 def grounded(text: str, context: str, prompt_texts: Sequence[str]) -> bool:
-    """True when ``text`` shares a content word (3+ letters) with ``context`` that the prompts' own
-    literal text does not hold, i.e. a word that can only have come from the customer's data."""
+    """True when ``text`` shares a content word (3+ letters, not an English stop word) with ``context``
+    that the prompts' own literal text does not hold, i.e. a word that can only have come from the
+    customer's data. Stop words ("who", "the") also occur in the context's own wording (the tools'
+    reasons), so they prove nothing: a prompt echo such as "Focus on the name of the person who buys
+    the product" passed on "who"."""
     prompt_words = {w for t in prompt_texts for w in folded(t)}
-    words = {w for w in folded(text) if len(w) >= 3 and w not in prompt_words}
+    words = {w for w in folded(text) if len(w) >= 3 and w not in prompt_words and w not in ENGLISH_STOP_WORDS}
     return bool(words & set(folded(context)))
 
 

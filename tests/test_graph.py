@@ -388,9 +388,18 @@ def test_persona_defect_rules():
     history = "HISTORY: 2017-09(purchase: all purpose flour x2, butter) SUMMARY: top categories: «baking»"
     assert persona_defect(ok, prompt_texts=texts, allowed=history) is None
     for junk in ({"name": "SHOP_A", "focus": "SHOP_B", "evidence": ""},
-                 {"name": "persona1", "focus": "Focus on the main product of the persona.", "evidence": ""}):
+                 {"name": "Main Shopper", "focus": "Focus on the main product of the persona.", "evidence": ""}):
         assert persona_defect(junk, prompt_texts=texts, allowed=history) == \
             "focus and evidence name nothing from the customer's history", junk
+    # the demo's household 871: placeholder names, and a prompt echo whose only word shared with the
+    # context was "who" (from a tool's reason, "households who buy ...")
+    echo = {"name": "persona1", "focus": "Focus on the name of the person who buys the product", "evidence": ""}
+    assert persona_defect(echo, prompt_texts=texts, allowed=history) == "name 'persona1' is a placeholder, not a kind of shopper"
+    assert persona_defect({**echo, "name": "Persona 2"}, prompt_texts=texts).endswith("is a placeholder, not a kind of shopper")
+    with_tools = history + " new, bought by similar households: «vegetable salad oil» (households who buy baking)"
+    assert persona_defect({**echo, "name": "Family Cook"}, prompt_texts=texts, allowed=with_tools) == \
+        "focus and evidence name nothing from the customer's history"
+    assert persona_defect({**ok, "name": "Persona Baker"}, prompt_texts=texts, allowed=history) is None
 
 
 def test_facts_fallback_explanations_are_judged_before_they_are_shown(cj, items, user_id):
