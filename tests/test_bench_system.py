@@ -94,6 +94,24 @@ def test_vllm_target_is_users_per_min_at_8_over_1():
     assert bs.targets({"sections": {}})["vllm_throughput_c8_over_c1"] == {"measured": None, "pass": None}
 
 
+def test_per_user_and_tags_part_targets():
+    """The tags-only part runs from the run's start to the end of its last tag gate; the per-user
+    targets read the latency section's median and p95."""
+    run, tasks, calls = hand_run()
+    tasks += [task("tag_gate", 8.05, 8.06), task("tag_gate", 3.0, 3.01)]
+    p = bs.run_profile(run, tasks, calls)
+    assert p["tags_s"] == pytest.approx(8.06)
+    s = bs.summarize_runs([p, bs.run_profile(*hand_run(wall=40.0))])
+    assert s["tags_part"]["n"] == 1 and s["tags_part"]["median"] == pytest.approx(8.06)
+    t = bs.targets({"sections": {"latency": {"summary": s}}})
+    assert t["per_user_median_30s_p95_60s_local"]["measured"]["median"] == 25.0
+    assert t["per_user_median_30s_p95_60s_local"]["pass"] is True and t["tags_part_median_12s_local"]["pass"] is True
+    slow = bs.summarize_runs([bs.run_profile(*hand_run(wall=w)) for w in (31.0, 32.0)])
+    assert bs.targets({"sections": {"latency": {"summary": slow}}})["per_user_median_30s_p95_60s_local"]["pass"] is False
+    assert bs.targets({"sections": {}})["tags_part_median_12s_local"] == {
+        "measured": None, "target": "median <= 12 s (run start to the last tag gate)", "pass": None}
+
+
 def test_summarize_raw_profile_buckets_by_leafmost_known_frame():
     lines = [
         "<module> (app.py:1);RecordedRun.events (runlog/recorder.py:1);dumps (json/__init__.py:2) 6",
