@@ -59,12 +59,18 @@ def expert_schema(n_tags: int, vocabulary: tuple[str, ...] | None = None) -> typ
     )
 
 
+def expert_variables(ctx: Context, shared_context: str, persona: dict, feedback: str = "",
+                     vocabulary: tuple[str, ...] | None = None) -> dict:
+    """The expert template's variables for one persona: what the graph renders, and what the learning
+    loop's dataset renders (``learning.dataset``), from one place."""
+    return {"shared_context": shared_context, "vocabulary": list(vocabulary or ()), "persona_name": persona["name"],
+            "persona_focus": persona["focus"], "persona_evidence": persona.get("evidence", ""),
+            "n_tags": ctx.tags_per_expert, "feedback": feedback}
+
+
 def propose(ctx: Context, shared_context: str, persona: dict, feedback: str = "",
             vocabulary: tuple[str, ...] | None = None) -> tuple[BaseModel, dict]:
     return call_agent(
         ctx, node="expert", role="expert", template="expert", schema=expert_schema(ctx.tags_per_expert, vocabulary),
-        subject=persona["name"], shared_context=shared_context, vocabulary=list(vocabulary or ()),
-        persona_name=persona["name"],
-        persona_focus=persona["focus"], persona_evidence=persona.get("evidence", ""), n_tags=ctx.tags_per_expert,
-        feedback=feedback,
+        subject=persona["name"], **expert_variables(ctx, shared_context, persona, feedback, vocabulary),
     )

@@ -122,6 +122,16 @@ def _keep_discovery_share(cands: list[dict], want: int, share: float) -> list[di
     return [cands[i] for i in sorted(keep)]
 
 
+def top_categories(dataset: Dataset, user_id: str, now: Any) -> list[tuple[str, list[str]]]:
+    """The user's categories before ``now``, most bought first, each with its 3 most bought titles:
+    what category personas are built from (``judges.personas.category_personas``)."""
+    hist = dataset.history_with_items(user_id, before=now).filter(pl.col("category").fill_null("") != "")
+    top = (hist.group_by("category", "title").len().sort(["len", "title"], descending=[True, False])
+           .group_by("category", maintain_order=True).agg(pl.col("title").head(3), pl.col("len").sum())
+           .sort(["len", "category"], descending=[True, False]))
+    return [(r["category"], r["title"]) for r in top.iter_rows(named=True)]
+
+
 def _drop(stage: str, subject: str, reason: str, **extra: Any) -> dict:
     return {"stage": stage, "subject": subject, "reason": reason, **extra}
 
@@ -208,11 +218,7 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
         return {"personas": out, "calls": calls, "fallback": None, "drops": drops}
 
     def _top_categories(user_id: str, ctx: Context) -> list[tuple[str, list[str]]]:
-        hist = dataset.history_with_items(user_id, before=ctx.env.now).filter(pl.col("category").fill_null("") != "")
-        top = (hist.group_by("category", "title").len().sort(["len", "title"], descending=[True, False])
-               .group_by("category", maintain_order=True).agg(pl.col("title").head(3), pl.col("len").sum())
-               .sort(["len", "category"], descending=[True, False]))
-        return [(r["category"], r["title"]) for r in top.iter_rows(named=True)]
+        return top_categories(dataset, user_id, ctx.env.now)
 
     def route_planner(state: State) -> Any:
         if state.get("fallback"):
