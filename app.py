@@ -35,6 +35,7 @@ def _register() -> None:
     from commands.recommend import demo_cmd, recommend_cmd
     from commands.runs import runs_app, trace_cmd
     from evals.cli import bench_app, eval_app
+    from learning.cli import train_app
     from llm.cli import llm_app
     from prompts.cli import prompts_app
     from retrieval.cli import index_app
@@ -45,6 +46,7 @@ def _register() -> None:
     app.add_typer(index_app, name="index", help="Train the towers and build the FAISS index.")
     app.add_typer(eval_app, name="eval", help="Offline evaluation.")
     app.add_typer(bench_app, name="bench", help="Benchmarks.")
+    app.add_typer(train_app, name="train", help="The learning loop: training data from the log, LoRA SFT.")
     app.add_typer(prompts_app, name="prompts", help="List, show and diff prompt templates.")
     app.command("demo")(demo_cmd)
     app.command("recommend")(recommend_cmd)

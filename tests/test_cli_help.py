@@ -20,7 +20,7 @@ PATHS = list(_paths(get_command(app.app)))
 
 def test_every_command_is_listed():
     names = {p[0] for p in PATHS if p}
-    assert {"demo", "batch", "batches", "serve", "recommend", "trace", "eval", "bench", "data"} <= names
+    assert {"demo", "batch", "batches", "serve", "recommend", "trace", "eval", "bench", "data", "train"} <= names
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: " ".join(p) or "app")

@@ -154,3 +154,20 @@ def test_curriculum_rows_answer_from_the_catalogue(built, cj):
         assert f"«{r['meta']['subject']}»" in r["prompt"][-1]["content"]
         if r["meta"]["task"] == "category":
             assert ans in cats
+
+
+def test_train_data_command_writes_rows_and_refuses_a_leaking_cutoff(tmp_path):
+    from typer.testing import CliRunner
+
+    import app
+
+    out = tmp_path / "sft.jsonl"
+    res = CliRunner().invoke(app.app, ["train", "data", "--cutoffs", CUT, "--users-per-cutoff", "1", "--curriculum", "2",
+                                       "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output[res.output.index("{"):])  # llama.cpp may print a line of its own first
+    lines = out.read_text().splitlines()
+    assert report["rows"] == len(lines) == report["examples"] + report["curriculum"] and report["curriculum"] == 2
+    assert report["cutoffs"] == [CUT] and report["eval_date"] == "2017-10-01"
+    bad = CliRunner().invoke(app.app, ["train", "data", "--cutoffs", "2017-09-20", "--out", str(tmp_path / "x.jsonl")])
+    assert bad.exit_code != 0 and "after the evaluation date 2017-10-01" in str(bad.exception or bad.output)

@@ -1,0 +1,77 @@
+"""`app.py train ...`: the learning loop's commands ([6/7]). Each prints its cost (examples, tokens,
+wall time) and, with ``--json``, one JSON object."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import typer
+
+train_app = typer.Typer(no_args_is_help=True)
+
+
+def _emit(obj: dict, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(obj, indent=2))
+    else:
+        for k, v in obj.items():
+            typer.echo(f"{k}: {v}")
+
+
+@train_app.command("data")
+def train_data(
+    out: str = typer.Option(..., "--out", "-o", help="JSONL file to write (prompt/completion rows with meta)."),
+    dataset: str = typer.Option("completejourney", "--dataset", "-d", help="Dataset spec."),
+    cutoffs: str = typer.Option(None, "--cutoffs", help="Comma-separated YYYY-MM-DD cutoffs (default: every 4 weeks "
+                                "from 2017-04-02 to 2017-08-20)."),
+    eval_date: str = typer.Option("2017-10-01", "--eval-date", help="T: no target window may reach it."),
+    window: int = typer.Option(28, "--window", min=1, help="Days after a cutoff whose purchases are the targets."),
+    users: int = typer.Option(50, "--users-per-cutoff", min=1, help="Seeded sample of eligible users per cutoff."),
+    curriculum: int = typer.Option(200, "--curriculum", min=0, help="Curriculum rows (catalogue questions)."),
+    seed: int = typer.Option(42, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+) -> None:
+    """Build the SFT set from the log (learning/dataset.py): expert prompts as the graph renders them."""
+    from behavior.adapters import load_dataset_cached
+    from learning.dataset import DEFAULT_CUTOFFS, BuildConfig, build_examples, write_jsonl
+
+    t0 = time.perf_counter()
+    cfg = BuildConfig(cutoffs=tuple(c.strip() for c in cutoffs.split(",")) if cutoffs else DEFAULT_CUTOFFS,
+                      eval_date=eval_date, window_days=window, users_per_cutoff=users, curriculum=curriculum, seed=seed)
+    rows, stats = build_examples(load_dataset_cached(dataset), cfg,
+                                 progress=None if as_json else (lambda s: typer.echo(s, err=True)))
+    n = write_jsonl(rows, out)
+    _emit({"out": out, "rows": n, **stats.as_dict(), "cutoffs": list(cfg.cutoffs), "eval_date": eval_date,
+           "seed": seed, "wall_s": round(time.perf_counter() - t0, 1)}, as_json)
+
+
+@train_app.command("sft")
+def train_sft_cmd(
+    data: str = typer.Option(..., "--data", help="JSONL rows from 'train data'."),
+    out: str = typer.Option(..., "--out", "-o", help="Adapter folder (safetensors, config, train_log.json)."),
+    stage: str = typer.Option("all", "--stage", help="Rows to train on: all, curriculum or task."),
+    max_steps: int = typer.Option(None, "--max-steps", min=1, help="Stop after this many optimiser steps."),
+    epochs: int = typer.Option(1, "--epochs", min=1),
+    layers: int = typer.Option(8, "--layers", min=1, help="LoRA on the top this many blocks."),
+    max_len: int = typer.Option(1024, "--max-len", min=16, help="Longer rows are skipped (counted)."),
+    lr: float = typer.Option(2e-4, "--lr"),
+    grad_accum: int = typer.Option(4, "--grad-accum", min=1),
+    threads: int = typer.Option(None, "--threads", min=1, help="torch threads (default: torch's)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
+    seed: int = typer.Option(42, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+) -> None:
+    """LoRA SFT of the embedded model on the rows (learning/sft.py)."""
+    from learning.sft import SFTConfig, train_sft
+
+    if stage not in ("all", "curriculum", "task"):
+        raise typer.BadParameter("--stage must be all, curriculum or task")
+    with open(data, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    if stage != "all":
+        rows = [r for r in rows if r.get("meta", {}).get("stage") == stage]
+    cfg = SFTConfig(out_dir=out, max_steps=max_steps, epochs=epochs, layers=layers, max_len=max_len, lr=lr,
+                    grad_accum=grad_accum, threads=threads, seed=seed)
+    res = train_sft(rows, cfg, resume=resume, progress=not as_json)
+    _emit({**res.as_dict(), "rows_given": len(rows), "stage": stage}, as_json)

@@ -1,0 +1,52 @@
+"""LoRA SFT of the embedded model (learning/sft.py) on a tiny real slice: the loss falls, only the
+adapter's top blocks train, checkpoints are safetensors with their config, a resumed run continues
+the step count, and prompt tokens carry no loss."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from learning.dataset import BuildConfig, build_examples
+from learning.sft import SFTConfig, encode, load_base, train_sft
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def base():
+    return load_base()
+
+
+@pytest.fixture(scope="module")
+def rows(cj):
+    built, _ = build_examples(cj, BuildConfig(cutoffs=("2017-08-20",), users_per_cutoff=1, curriculum=4))
+    return [r for r in built if r["meta"]["stage"] == "curriculum"][:2]
+
+
+def test_labels_cover_the_completion_only(base, rows):
+    _, tok = base
+    ids, labels = encode(rows[0], tok, 4096)
+    n_comp = sum(1 for x in labels if x != -100)
+    completion = tok(rows[0]["completion"][0]["content"] + tok.eos_token, add_special_tokens=False)["input_ids"]
+    assert n_comp == len(completion) and ids[-n_comp:] == completion
+    assert tok.decode(ids[:-n_comp]).endswith("<|im_start|>assistant\n")  # the generation prompt, as llama.cpp renders it
+    assert encode(rows[0], tok, 10) is None
+
+
+def test_a_few_sft_steps_lower_the_loss_and_save_a_resumable_adapter(base, rows, tmp_path):
+    cfg = SFTConfig(out_dir=str(tmp_path / "adapter"), max_steps=3, batch_size=2, grad_accum=1, lr=2e-3,
+                    warmup_steps=1, layers=2, save_every=2)
+    res = train_sft(rows, cfg, base=base, progress=False)
+    assert res.steps == 3 and res.examples == 2 and len(res.losses) == 3
+    assert res.losses[-1] < res.losses[0]  # the same two examples each step: the loss must fall
+    out = tmp_path / "adapter"
+    assert (out / "adapter_model.safetensors").is_file() and json.loads((out / "intentrec_sft.json").read_text())["layers"] == 2
+    acfg = json.loads((out / "adapter_config.json").read_text())
+    assert acfg["r"] == 8 and acfg["layers_to_transform"] == [28, 29]  # the top 2 of 30 blocks
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["steps"] == 3 and log["losses"] == res.losses and log["tokens"] > 0
+    # resume: two more steps continue from step 3
+    more = train_sft(rows, SFTConfig(**{**cfg.__dict__, "max_steps": 5}), base=load_base(), resume=True, progress=False)
+    assert more.steps == 5 and more.losses[:3] == res.losses and len(more.losses) == 5
