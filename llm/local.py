@@ -9,9 +9,9 @@ Design decisions:
   name. Any other GGUF is used by giving its path (``model_path``).
 * **One Llama per process.** Loading costs memory and time, so ``Llama`` objects are cached per
   (path, n_ctx, n_threads, seed) and shared by every ``LocalChatModel`` (every agent role). A
-  llama.cpp context is not re-entrant, so each cached model has a lock and calls are serialized;
-  ``concurrency`` does not apply to this backend (the async path runs the call in a worker thread
-  and waits on the same lock).
+  llama.cpp context is not re-entrant: calls that arrive together are decoded as one batch of
+  parallel sequences (below), and with ``parallel_sequences=1`` each cached model has a lock and
+  calls are serialized (the async path runs the call in a worker thread and waits on it).
 * **Structure from the grammar.** ``with_structured_output`` compiles the JSON schema to a GBNF
   grammar with ``LlamaGrammar.from_json_schema`` (local ``$defs`` refs resolved by the converter)
   and passes it to ``create_chat_completion``, so the output always parses (unless cut off by
