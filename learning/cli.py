@@ -75,3 +75,22 @@ def train_sft_cmd(
                     grad_accum=grad_accum, threads=threads, seed=seed)
     res = train_sft(rows, cfg, resume=resume, progress=not as_json)
     _emit({**res.as_dict(), "rows_given": len(rows), "stage": stage}, as_json)
+
+
+@train_app.command("export")
+def train_export(
+    adapter: str = typer.Option(..., "--adapter", help="Adapter folder from 'train sft'."),
+    out: str = typer.Option(..., "--out", "-o", help="GGUF LoRA file to write (use it with INTENTREC_LLM_ADAPTER)."),
+    check: bool = typer.Option(True, "--drift/--no-drift", help="Compare next-token log-probs of transformers + "
+                               "adapter with llama.cpp + the exported file on a few prompts."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+) -> None:
+    """Export a LoRA adapter to llama.cpp's GGUF LoRA format (learning/export.py) and check the drift."""
+    from learning.export import DRIFT_PROMPTS, drift, export_gguf_lora
+
+    t0 = time.perf_counter()
+    res = export_gguf_lora(adapter, out)
+    if check:
+        res["drift"] = drift(adapter, out, DRIFT_PROMPTS)
+    res["wall_s"] = round(time.perf_counter() - t0, 1)
+    _emit(res, as_json)

@@ -66,6 +66,8 @@ def make_local(settings: LLMSettings, **kwargs: Any) -> BaseChatModel:
     gguf = settings.gguf_path()
     if gguf:
         args["model_path"] = gguf
+    if settings.adapter:
+        args["adapter"] = settings.adapter
     return LocalChatModel(**{**args, **kwargs})
 
 

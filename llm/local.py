@@ -189,28 +189,39 @@ class LoadedModel:
         self.llama.close()
 
 
-_LOADED: dict[tuple[str, int, int, int], LoadedModel] = {}
+_LOADED: dict[tuple[str, int, int, int, str], LoadedModel] = {}
 _LOAD_LOCK = threading.Lock()
 
 
-def load_llama(path: str | Path, *, n_ctx: int, n_threads: int, seed: int) -> LoadedModel:
-    """The shared ``Llama`` for these settings, loading it on first use."""
+def adapter_id(path: str | Path | None) -> str:
+    """``+<sha256[:12]>`` of a GGUF LoRA adapter file (what a model id carries), or "" for none."""
+    if not path:
+        return ""
+    return "+" + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def load_llama(path: str | Path, *, n_ctx: int, n_threads: int, seed: int, adapter: str | Path | None = None) -> LoadedModel:
+    """The shared ``Llama`` for these settings, loading it on first use; ``adapter``: a GGUF LoRA
+    adapter file applied at scale 1 (``learning.export``), or None for the base model."""
     p = Path(path).expanduser().resolve()
-    key = (str(p), int(n_ctx), int(n_threads), int(seed))
+    a = Path(adapter).expanduser().resolve() if adapter else None
+    key = (str(p), int(n_ctx), int(n_threads), int(seed), str(a or ""))
     with _LOAD_LOCK:
         hit = _LOADED.get(key)
         if hit is not None:
             return hit
         if not p.is_file():
             raise LLMConfigError(f"GGUF file not found: {p}")
+        if a is not None and not a.is_file():
+            raise LLMConfigError(f"LoRA adapter file not found: {a}")
         from llama_cpp import Llama
 
         t0 = time.perf_counter()
         try:
             llama = Llama(model_path=str(p), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
-                          seed=seed, verbose=False)
-        except Exception as e:  # llama.cpp raises ValueError on a bad file
-            raise LLMConfigError(f"llama.cpp could not load {p.name}: {e}") from e
+                          seed=seed, verbose=False, **({"lora_path": str(a)} if a else {}))
+        except Exception as e:  # llama.cpp raises ValueError on a bad file, RuntimeError on a bad adapter
+            raise LLMConfigError(f"llama.cpp could not load {p.name}{' with adapter ' + a.name if a else ''}: {e}") from e
         loaded = LoadedModel(llama=llama, lock=threading.Lock(), load_s=time.perf_counter() - t0, path=str(p))
         _LOADED[key] = loaded
         return loaded
@@ -219,7 +230,7 @@ def load_llama(path: str | Path, *, n_ctx: int, n_threads: int, seed: int) -> Lo
 def loaded_models() -> list[dict[str, Any]]:
     """What is loaded in this process (for diagnostics and tests)."""
     with _LOAD_LOCK:
-        return [{"path": k[0], "n_ctx": k[1], "n_threads": k[2], "seed": k[3], "load_s": v.load_s}
+        return [{"path": k[0], "n_ctx": k[1], "n_threads": k[2], "seed": k[3], "adapter": k[4] or None, "load_s": v.load_s}
                 for k, v in _LOADED.items()]
 
 
@@ -350,6 +361,9 @@ class LocalChatModel(BaseChatModel):
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
 
     model_path: str = ""
+    #: a GGUF LoRA adapter file (``python app.py train export``); "" or "none": the base model. The
+    #: model id then ends in ``+<the adapter's sha256[:12]>``, so traces show which adapter ran
+    adapter: str = ""
     n_ctx: int = 8192
     n_threads: int = Field(default_factory=default_threads)
     seed: int = 42
@@ -374,8 +388,10 @@ class LocalChatModel(BaseChatModel):
     def _defaults(self) -> LocalChatModel:
         if not self.model_path:
             self.model_path = str(default_gguf_path())
+        if self.adapter.lower() == "none":
+            self.adapter = ""
         if not self.model_name:
-            self.model_name = Path(self.model_path).stem
+            self.model_name = Path(self.model_path).stem + adapter_id(self.adapter)
         return self
 
     @property
@@ -389,7 +405,8 @@ class LocalChatModel(BaseChatModel):
 
     # ----- model access ---------------------------------------------------------------------------
     def loaded(self) -> LoadedModel:
-        return load_llama(self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads, seed=self.seed)
+        return load_llama(self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads, seed=self.seed,
+                          adapter=self.adapter or None)
 
     @property
     def llama(self) -> Any:

@@ -25,6 +25,7 @@ others and decodes them together. A call that arrives alone is a round of one.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import threading
 import time
 from dataclasses import dataclass, field
@@ -105,6 +106,12 @@ class ParallelDecoder:
         self._ctx = self._stack.enter_context(contextlib.closing(
             _internals.LlamaContext(model=llama._model, params=params, verbose=False)))
         self.ctx = self._ctx.ctx
+        lora = getattr(llama, "_lora_adapter", None)
+        if lora is not None:  # the same LoRA adapter as the Llama's own context, at its scale
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(lora)
+            scales = (ctypes.c_float * 1)(float(getattr(llama, "lora_scale", 1.0)))
+            if llama_cpp.llama_set_adapters_lora(self.ctx, adapters, 1, scales):
+                raise LLMError("llama.cpp could not apply the LoRA adapter to the parallel context")
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self.n_vocab = int(llama.n_vocab())
         self.cached: list[int] = []  # the tokens sequence 0 holds between rounds

@@ -86,6 +86,8 @@ class LLMSettings(BaseSettings):
     model: str | None = None
     api_key: SecretStr | None = None
     model_path: str | None = None
+    #: local backend: a GGUF LoRA adapter file (``app.py train export``); unset or "none": the base model
+    adapter: str | None = None
     n_threads: int | None = Field(default=None, ge=1)
     n_ctx: int = Field(default=8192, ge=128)
     #: local backend: concurrent calls decoded together as up to this many sequences (``llm.parallel``)
