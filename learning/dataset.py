@@ -109,12 +109,20 @@ def sample_users(dataset: Dataset, cutoff: datetime, window_days: int, *, min_ev
     return sorted(rng.choice(np.array(users, dtype=object), size=n, replace=False).tolist())
 
 
-def window_types(dataset: Dataset, user_id: str, start: datetime, end: datetime) -> pl.DataFrame:
-    """The product types the user bought in ``[start, end)``: phrase, category, first purchase time."""
-    rows = (dataset.behaviors.filter((pl.col("user_id") == str(user_id)) & (pl.col("behavior") == "purchase")
+def _window_rows(dataset: Dataset, user_id: str, start: datetime, end: datetime) -> pl.DataFrame:
+    return (dataset.behaviors.filter((pl.col("user_id") == str(user_id)) & (pl.col("behavior") == "purchase")
                                      & (pl.col("ts") >= start) & (pl.col("ts") < end))
             .join(dataset.items.select("item_id", "title", pl.col("category").fill_null("")), on="item_id"))
-    rows = rows.with_columns(pl.col("title").map_elements(product_type, return_dtype=pl.Utf8).alias("phrase"))
+
+
+def window_categories(dataset: Dataset, user_id: str, start: datetime, end: datetime) -> set[str]:
+    """Every category the user bought in ``[start, end)`` (what the reward's accuracy recalls)."""
+    return set(_window_rows(dataset, user_id, start, end)["category"].to_list()) - {""}
+
+
+def window_types(dataset: Dataset, user_id: str, start: datetime, end: datetime) -> pl.DataFrame:
+    """The product types the user bought in ``[start, end)``: phrase, category, first purchase time."""
+    rows = _window_rows(dataset, user_id, start, end).with_columns(pl.col("title").map_elements(product_type, return_dtype=pl.Utf8).alias("phrase"))
     return (rows.filter(pl.col("phrase").is_not_null()).group_by("phrase")
             .agg(pl.col("category").first(), pl.col("ts").min().alias("first_ts")).sort("first_ts", "phrase"))
 
@@ -172,6 +180,7 @@ def build_examples(dataset: Dataset, config: BuildConfig, *, prompts: PromptRegi
         users = sample_users(dataset, c, config.window_days, min_events=config.min_events,
                              n=config.users_per_cutoff, seed=config.seed + ci)
         tstats = TagStats.build(dataset, c)
+        type_ix = {t: i for i, t in enumerate(tstats.types)}
         n_before = len(rows)
         for u in users:
             prepared = prepare_user(dataset, u, ctx, count_tokens=count_tokens)
@@ -181,6 +190,7 @@ def build_examples(dataset: Dataset, config: BuildConfig, *, prompts: PromptRegi
             top = top_categories(dataset, u, c)
             personas = category_personas(top, config.n_personas, set())
             bought_before = _categories_before(tstats, u)
+            window_cats = window_categories(dataset, u, c, end)
             wt = window_types(dataset, u, c, end).filter(pl.col("phrase").is_in(list(vocab)))
             bought = [(p, cat, cat not in bought_before) for p, cat in wt.select("phrase", "category").iter_rows()]
             if wt.height:
@@ -201,7 +211,14 @@ def build_examples(dataset: Dataset, config: BuildConfig, *, prompts: PromptRegi
                              "meta": {"stage": "task", "user_id": str(u), "cutoff": f"{c:%Y-%m-%d}",
                                       "window_end": f"{end:%Y-%m-%d}", "persona": persona["name"],
                                       "targets": len(tags), "new_targets": sum(1 for _, n in tags if n),
-                                      "vocabulary": list(vocab)}})
+                                      "vocabulary": list(vocab),
+                                      # what the reward needs (learning.reward): the window's categories,
+                                      # those new to the household, each phrase's category, recent buys
+                                      "target_categories": sorted(window_cats),
+                                      "new_categories": sorted(window_cats - bought_before),
+                                      "phrase_categories": {p: tstats.type_category[type_ix[p]] if p in type_ix else ""
+                                                            for p in vocab},
+                                      "recent": list(prepared.recent_purchases)}})
         stats.per_cutoff[f"{c:%Y-%m-%d}"] = len(rows) - n_before
         if progress:
             progress(f"cutoff {c:%Y-%m-%d}: {len(users)} users, {len(rows) - n_before} examples")
