@@ -94,3 +94,34 @@ def train_export(
         res["drift"] = drift(adapter, out, DRIFT_PROMPTS)
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     _emit(res, as_json)
+
+
+@train_app.command("self-train")
+def train_self_train(
+    data: str = typer.Option(..., "--data", help="JSONL rows from 'train data' (task rows are sampled)."),
+    out: str = typer.Option(..., "--out", "-o", help="JSONL of the next SFT set (kept rows; others pass through)."),
+    samples: int = typer.Option(4, "--samples", min=1, max=16, help="Answers sampled per prompt (decoded together)."),
+    temperature: float = typer.Option(0.8, "--temperature", min=0.0),
+    adapter: str = typer.Option(None, "--adapter", help="GGUF LoRA adapter to sample with (default: the base model)."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Only the first N task rows."),
+    seed: int = typer.Option(42, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+) -> None:
+    """One self-training round (learning/self_train.py): sample, score with the constrained reward, keep the best."""
+    from evals.tag_eval import default_encoder
+    from learning.dataset import write_jsonl
+    from learning.self_train import SelfTrainConfig, self_train_round
+    from llm.local import LocalChatModel
+
+    with open(data, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    if limit:
+        tasks = [r for r in rows if r.get("meta", {}).get("stage") == "task"][:limit]
+        rows = [r for r in rows if r.get("meta", {}).get("stage") != "task"] + tasks
+    model = LocalChatModel(schema_hint=False, parallel_sequences=max(samples, 2), **({"adapter": adapter} if adapter else {}))
+    encoder = default_encoder()
+    say = None if as_json else (lambda i, n: typer.echo(f"  {i}/{n} prompts", err=True))
+    kept, stats = self_train_round(rows, model, encoder.encode, SelfTrainConfig(samples=samples, temperature=temperature,
+                                                                                seed=seed), progress=say)
+    write_jsonl(kept, out)
+    _emit({"out": out, "model": model.model_name, **stats.as_dict()}, as_json)
