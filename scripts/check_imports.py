@@ -21,7 +21,7 @@ LAYERS = {
     "graphs": 4,
     "runlog": 5,
     "intentrec": 6, "batch": 6, "serve": 6, "report": 6, "evals": 6,
-    "app": 7, "commands": 7,
+    "app": 7, "commands": 7, "learning": 7,
 }
 
 
