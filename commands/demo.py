@@ -115,9 +115,9 @@ def summarize(u: DemoUser) -> dict[str, Any]:
 
 
 def stage_seconds(node_totals: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """Wall seconds per graph stage, the stages that took at least 0.05 s, slowest first (fan-out
-    tasks of a node are summed; the embedded model runs them one after another)."""
-    secs = {n: round(float(t.get("wall_s") or 0.0), 1) for n, t in node_totals.items()}
+    """Seconds per graph stage, the stages that took at least 0.05 s, slowest first: the time the
+    node's tasks covered (``span_s``; the K experts run together), else their summed wall time."""
+    secs = {n: round(float(t.get("span_s", t.get("wall_s")) or 0.0), 1) for n, t in node_totals.items()}
     return dict(sorted(((n, v) for n, v in secs.items() if v >= 0.05), key=lambda kv: -kv[1]))
 
 

@@ -89,7 +89,7 @@ def _node(name: str) -> Callable:
         @functools.wraps(fn)
         def wrapper(state: Any, runtime: Runtime[Context]) -> Any:
             run_id = state.get("run_id", "") if isinstance(state, dict) else ""
-            t0 = time.perf_counter()
+            t0, started = time.perf_counter(), time.time()
             with structlog.contextvars.bound_contextvars(node=name, run_id=run_id):
                 try:
                     out = fn(state, runtime)
@@ -98,7 +98,8 @@ def _node(name: str) -> Callable:
                 except Exception as e:
                     log.error("node failed", error=str(e))
                     raise NodeError(name, e) from e
-            timing = {"node_times": [{"node": name, "wall_s": round(time.perf_counter() - t0, 4)}]}
+            timing = {"node_times": [{"node": name, "wall_s": round(time.perf_counter() - t0, 4),
+                                      "start": round(started, 4)}]}
             if isinstance(out, Command):
                 upd = dict(out.update or {})
                 upd["node_times"] = upd.get("node_times", []) + timing["node_times"]
@@ -614,7 +615,16 @@ def _totals(state: State) -> dict[str, dict[str, Any]]:
         t["prompt_tokens"] += c.get("prompt_tokens", 0)
         t["completion_tokens"] += c.get("completion_tokens", 0)
         t["llm_s"] += c.get("latency_s", 0.0)
+    spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for n in state.get("node_times", []):
         tot[n["node"]]["wall_s"] += n["wall_s"]
         tot[n["node"]]["runs"] += 1
+        if "start" in n:
+            spans[n["node"]].append((n["start"], n["start"] + n["wall_s"]))
+    for node, ivs in spans.items():  # the time the node's tasks covered: parallel tasks count once
+        covered, end = 0.0, float("-inf")
+        for a, b in sorted(ivs):
+            covered += max(0.0, b - max(a, end))
+            end = max(end, b)
+        tot[node]["span_s"] = covered
     return {k: {kk: (round(vv, 4) if isinstance(vv, float) else vv) for kk, vv in v.items()} for k, v in tot.items()}

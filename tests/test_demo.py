@@ -95,3 +95,5 @@ def test_stage_seconds_are_slowest_first_and_skip_instant_nodes():
               "retrieve": {"wall_s": 0.05}}
     assert stage_seconds(totals) == {"expert": 30.0, "planner": 16.0, "retrieve": 0.1}
     assert stage_seconds({}) == {}
+    # fan-out tasks that ran together: the span, not the sum
+    assert stage_seconds({"expert": {"wall_s": 75.0, "span_s": 25.04}}) == {"expert": 25.0}

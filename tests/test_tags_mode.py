@@ -185,3 +185,14 @@ def test_frontier_interpolates_between_the_mixes():
     assert below["above_frontier"]["pass"] is False and below["llm_vs_tools_only"]["pass"] is False
     assert paired(per_user, "intentrec", "tools_only", "hit") == {"only_intentrec": 1, "only_tools_only": 2}
     assert below["llm_vs_tools_only"]["paired_discovery_hit"] == {"only_intentrec": 0, "only_tools_only": 1}
+
+
+def test_node_totals_give_the_span_of_parallel_tasks_beside_their_sum():
+    from graphs.recommend import _totals
+
+    times = [{"node": "expert", "wall_s": 2.0, "start": 100.0}, {"node": "expert", "wall_s": 2.0, "start": 101.0},
+             {"node": "expert", "wall_s": 1.0, "start": 105.0}, {"node": "arbiter", "wall_s": 0.5, "start": 106.0},
+             {"node": "old", "wall_s": 1.0}]  # a checkpoint written before starts were recorded
+    tot = _totals({"node_times": times})
+    assert tot["expert"]["wall_s"] == 5.0 and tot["expert"]["span_s"] == 4.0 and tot["expert"]["runs"] == 3
+    assert tot["arbiter"]["span_s"] == 0.5 and "span_s" not in tot["old"]
