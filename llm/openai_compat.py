@@ -79,6 +79,7 @@ from llm.schemas import (
     schema_name,
     structured_runnable,
     with_schema_hint,
+    without_pattern_and_length,
 )
 
 Method = Literal["auto", "json_schema", "function_calling", "json_mode"]
@@ -423,8 +424,9 @@ class OpenAICompatChatModel(ChatOpenAI):
             return self.bind(tools=[tool], tool_choice={"type": "function", "function": {"name": safe}}, **own)
         if method == "json_mode":
             return self.bind(response_format={"type": "json_object"}, **own)
-        if method == "vllm":
-            return self.bind(extra_body={**(self.extra_body or {}), "structured_outputs": {"json": sd}}, **own)
+        if method == "vllm":  # xgrammar refuses pattern + length bounds on one string (see the helper)
+            return self.bind(extra_body={**(self.extra_body or {}),
+                                         "structured_outputs": {"json": without_pattern_and_length(sd)}}, **own)
         raise ValueError(f"unknown structured-output method {method!r}")
 
     def with_structured_output(self, schema: Any = None, *, method: str | None = None, include_raw: bool = False,

@@ -95,6 +95,23 @@ def _drop_titles(node: Any, in_properties: bool = False) -> Any:
     return {k: _drop_titles(v, in_properties=(k == "properties")) for k, v in node.items() if k != "title"}
 
 
+def without_pattern_and_length(node: Any) -> Any:
+    """``node`` with ``pattern`` removed wherever a string also has ``minLength`` / ``maxLength``.
+
+    vLLM's xgrammar backend (0.32) rejects a string schema that has both ("features not supported by
+    xgrammar", HTTP 400). The length bound is what keeps constrained decoding finite, so it stays;
+    the pattern is still checked, because every answer is validated against the pydantic schema
+    client-side and a mismatch is retried like any invalid answer."""
+    if isinstance(node, list):
+        return [without_pattern_and_length(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: without_pattern_and_length(v) for k, v in node.items()}
+    if "pattern" in out and ("minLength" in out or "maxLength" in out):
+        del out["pattern"]
+    return out
+
+
 #: an ``enum`` longer than this is shown in the schema hint by its first 8 values only: the
 #: grammar (or the server) enforces the whole list, and a prompt that needs the model to see every
 #: value lists it once in a part shared between calls (the expert's product types), not in the

@@ -57,3 +57,16 @@ def test_the_walker_finds_an_unbounded_field():
     assert unbounded(inline_refs(json_schema_of(Loose))) == ["$.properties.text: string without maxLength",
                                                             "$.properties.items: array without maxItems",
                                                             "$.properties.items.items: string without maxLength"]
+
+
+def test_vllm_schemas_drop_a_pattern_only_where_a_length_bound_sits_beside_it():
+    from llm.schemas import without_pattern_and_length
+
+    sd = {"type": "object", "properties": {
+        "tag": {"type": "string", "pattern": "^[a-z]+$", "maxLength": 48},
+        "code": {"type": "string", "pattern": "^[A-Z]{3}$"},
+        "items": {"type": "array", "items": {"type": "string", "pattern": "^x", "minLength": 1}}}}
+    out = without_pattern_and_length(sd)
+    assert "pattern" not in out["properties"]["tag"] and out["properties"]["tag"]["maxLength"] == 48
+    assert out["properties"]["code"]["pattern"] == "^[A-Z]{3}$"  # no length bound: kept
+    assert "pattern" not in out["properties"]["items"]["items"] and sd["properties"]["tag"]["pattern"] == "^[a-z]+$"

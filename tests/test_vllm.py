@@ -80,6 +80,25 @@ def test_structured_call_sends_structured_outputs_and_closes_the_json(server):
     assert res.record.completion_tokens < 128 and "\n" not in res.record.raw
 
 
+def test_the_open_vocabulary_expert_schema_is_accepted(server):
+    """The expert's open-vocabulary tag has a ``pattern`` and length bounds; xgrammar refuses the two on
+    one string (HTTP 400), so the pattern is left to the client-side validation."""
+    from agents.expert import expert_schema
+
+    model = make_chat_model(settings(server.base_url, max_tokens=200))
+    msgs = [SystemMessage("You write grocery tags."), HumanMessage("One intent and two tags for a baker.")]
+    from llm.errors import StructuredOutputError
+
+    try:  # before: HTTP 400, a SchemaNotSupportedError naming xgrammar, and no answer at all
+        res = structured_call(model, expert_schema(2, None), msgs, max_attempts=2)
+        assert 1 <= len(res.value.tags) <= 2 and all(2 <= len(t.tag.split()) <= 4 for t in res.value.tags)
+    except StructuredOutputError as e:
+        # the server answered with constrained JSON; the 135M model's tags then failed the pattern check
+        # client-side (it copies the field description), which is the validation the pattern now gets
+        assert type(e) is StructuredOutputError and e.raw and all(isinstance(json.loads(r), dict) for r in e.raw)
+        assert "string_pattern_mismatch" in str(e)
+
+
 def test_a_prompt_longer_than_vllms_default_token_budget_with_a_seed(server):
     """vLLM's CPU build kills its engine when a seeded request is prefilled in chunks (its default
     budget is 2,048 tokens); the server is started without chunked prefill, so this answers."""
