@@ -57,6 +57,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from core.intervals import union_length
 from core.processes import free_port, stop, wait_http
 from evals.run_stats import percentile  # noqa: F401 (part of this module's API)
 from evals.run_stats import spread as _stats
@@ -92,29 +93,6 @@ def _r(x: float | None, nd: int = 4) -> float | None:
 
 def _ts(s: str | None) -> float | None:
     return None if not s else datetime.fromisoformat(s).timestamp()
-
-
-def union_length(intervals: Iterable[tuple[float, float]], lo: float | None = None, hi: float | None = None) -> float:
-    """Total length covered by ``intervals`` (optionally clipped to ``[lo, hi]``)."""
-    ivs = []
-    for a, b in intervals:
-        if lo is not None:
-            a = max(a, lo)
-        if hi is not None:
-            b = min(b, hi)
-        if b > a:
-            ivs.append((a, b))
-    total, cur_a, cur_b = 0.0, None, None
-    for a, b in sorted(ivs):
-        if cur_b is None or a > cur_b:
-            if cur_b is not None:
-                total += cur_b - cur_a
-            cur_a, cur_b = a, b
-        else:
-            cur_b = max(cur_b, b)
-    if cur_b is not None:
-        total += cur_b - cur_a
-    return total
 
 
 def _load() -> list[float]:

@@ -79,6 +79,14 @@ def validation_protocol(dataset: Dataset, protocol: Protocol | None = None) -> P
     return replace(p, cutoff=resolve_cutoff(dataset, p) - timedelta(days=p.window_days))
 
 
+def seeded_sample(users: list[str], n: int, seed: int) -> list[str]:
+    """``n`` of the sorted ``users`` (all when there are no more), numpy ``default_rng(seed).choice``, sorted."""
+    if len(users) <= n:
+        return users
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(np.array(users, dtype=object), size=n, replace=False).tolist())
+
+
 def make_split(dataset: Dataset, protocol: Protocol | None = None) -> Split:
     p = protocol or Protocol()
     b = dataset.behaviors
@@ -93,9 +101,8 @@ def make_split(dataset: Dataset, protocol: Protocol | None = None) -> Split:
     counts = tb.group_by("user_id").len()
     eligible = set(counts.filter(pl.col("len") >= p.min_train_events)["user_id"].to_list())
     users = sorted(eligible & set(test["user_id"].unique().to_list()))
-    if p.max_users is not None and len(users) > p.max_users:
-        rng = np.random.default_rng(p.seed)
-        users = sorted(rng.choice(np.array(users, dtype=object), size=p.max_users, replace=False).tolist())
+    if p.max_users is not None:
+        users = seeded_sample(users, p.max_users, p.seed)
     if not users:
         raise DataError(f"no user has >= {p.min_train_events} events before {cutoff:%Y-%m-%d} and one in the "
                         f"{p.window_days}-day window after it")

@@ -65,6 +65,7 @@ from agents.explainer import explain, facts_explanation, style_for
 from agents.planner import plan
 from behavior.schema import Dataset
 from core.errors import EmptyHistoryError, IntentRecError
+from core.intervals import union_length
 from graphs.prepare import prepare_user
 from graphs.state import InputState, OutputState, State
 from judges.personas import category_personas, persona_defects, persona_feedback
@@ -622,9 +623,5 @@ def _totals(state: State) -> dict[str, dict[str, Any]]:
         if "start" in n:
             spans[n["node"]].append((n["start"], n["start"] + n["wall_s"]))
     for node, ivs in spans.items():  # the time the node's tasks covered: parallel tasks count once
-        covered, end = 0.0, float("-inf")
-        for a, b in sorted(ivs):
-            covered += max(0.0, b - max(a, end))
-            end = max(end, b)
-        tot[node]["span_s"] = covered
+        tot[node]["span_s"] = union_length(ivs)
     return {k: {kk: (round(vv, 4) if isinstance(vv, float) else vv) for kk, vv in v.items()} for k, v in tot.items()}

@@ -43,7 +43,7 @@ from graphs.prepare import prepare_user
 from graphs.recommend import top_categories
 from judges.personas import category_personas
 from prompts.registry import PromptRegistry
-from tools.tag_stats import MIN_SUPPORT, TagStats, product_type
+from tools.tag_stats import MIN_SUPPORT, TagStats, product_type, type_lift
 
 #: the default cutoffs on completejourney: every 4 weeks before the evaluation date 2017-10-01
 DEFAULT_CUTOFFS = ("2017-04-02", "2017-04-30", "2017-05-28", "2017-06-25", "2017-07-23", "2017-08-20")
@@ -99,14 +99,12 @@ def check_no_leakage(cutoffs: Iterable[str | datetime], window_days: int, eval_d
 def sample_users(dataset: Dataset, cutoff: datetime, window_days: int, *, min_events: int, n: int,
                  seed: int) -> list[str]:
     """A seeded sample of the users with ``min_events`` purchases before ``cutoff`` and one in the window."""
+    from evals.protocol import seeded_sample
     from evals.tag_eval import eligible_users
 
     users = eligible_users(dataset, cutoff, cutoff + timedelta(days=window_days), min_events=min_events,
                            behaviors=("purchase",))
-    if len(users) <= n:
-        return users
-    rng = np.random.default_rng(seed)
-    return sorted(rng.choice(np.array(users, dtype=object), size=n, replace=False).tolist())
+    return seeded_sample(users, n, seed)
 
 
 def _window_rows(dataset: Dataset, user_id: str, start: datetime, end: datetime) -> pl.DataFrame:
@@ -249,7 +247,7 @@ def type_complement(stats: TagStats, t: int, min_support: int = MIN_SUPPORT) -> 
     for b, both in zip(row.indices.tolist(), row.data.tolist(), strict=True):
         if b == t or both < min_support or stats.type_category[b] == stats.type_category[t]:
             continue
-        lift = both * stats.n_baskets / (stats.type_baskets[t] * stats.type_baskets[b])
+        lift = type_lift(stats, t, b, both)
         if lift > best_lift or (lift == best_lift and best is not None and stats.types[b] < stats.types[best]):
             best, best_lift = b, lift
     return best

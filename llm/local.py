@@ -77,6 +77,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from core.paths import default_gguf_path  # noqa: F401  (re-exported: tests and benchmarks import it from here)
 from llm.errors import ContextLengthError, LLMConfigError, LLMError, SchemaNotSupportedError
+from llm.parallel import common_prefix
 from llm.schemas import (
     json_schema_of,
     message_text,
@@ -317,16 +318,6 @@ def to_llama_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
     return out
 
 
-def _common_prefix(a: Any, b: Any) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    import numpy as np
-
-    diff = np.nonzero(np.asarray(a[:n]) != np.asarray(b[:n]))[0]
-    return int(diff[0]) if len(diff) else n
-
-
 def _perf_reset(llama: Any) -> None:
     import llama_cpp
 
@@ -511,7 +502,7 @@ class LocalChatModel(BaseChatModel):
             prompt_eval_s = _perf_prompt_eval_s(llama)
             usage = resp.get("usage") or {}
             n_prompt = int(usage.get("prompt_tokens", 0))
-            cached = _common_prefix(before, llama.input_ids[:n_prompt])
+            cached = common_prefix(before, llama.input_ids[:n_prompt])
             if self.prefix_cache:
                 loaded.prefixes.after(llama, key, len(call.messages[0]["content"]) if key else 0)
         choice = resp["choices"][0]

@@ -170,12 +170,12 @@ class ParallelDecoder:
         lib, mem = self._lib, self._mem()
         shared = min(len(r.tokens) for r in reqs) - 1  # every sequence evaluates at least its last token
         for r in reqs[1:]:
-            shared = min(shared, _common_prefix(reqs[0].tokens, r.tokens))
+            shared = min(shared, common_prefix(reqs[0].tokens, r.tokens))
         shared = max(shared, 0)
         need = shared + sum(len(r.tokens) - shared + r.max_tokens for r in reqs)
         if need > self.n_ctx:
             raise ContextLengthError(f"{len(reqs)} prompts need {need} KV cells, more than n_ctx={self.n_ctx}")
-        reuse = _common_prefix(self.cached, reqs[0].tokens[:shared])
+        reuse = common_prefix(self.cached, reqs[0].tokens[:shared])
         for seq in range(1, self.n_seq_max):
             lib.llama_memory_seq_rm(mem, seq, -1, -1)
         lib.llama_memory_seq_rm(mem, 0, reuse, -1)
@@ -237,12 +237,13 @@ class ParallelDecoder:
         self.rounds += 1
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: Any, b: Any) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
     n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    if n == 0:
+        return 0
+    diff = np.nonzero(np.asarray(a[:n]) != np.asarray(b[:n]))[0]
+    return int(diff[0]) if len(diff) else n
 
 
 class SequenceBatcher:
@@ -295,4 +296,4 @@ class SequenceBatcher:
             n = now
 
 
-__all__ = ["ParallelDecoder", "SeqRequest", "SequenceBatcher", "sample"]
+__all__ = ["ParallelDecoder", "SeqRequest", "SequenceBatcher", "common_prefix", "sample"]

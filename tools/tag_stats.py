@@ -204,6 +204,11 @@ def own_types(stats: TagStats, user_id: str, n: int = 40) -> list[Candidate]:
     return out
 
 
+def type_lift(stats: TagStats, a: int, b: int, both: float) -> float:
+    """Lift of types ``a`` and ``b`` that share ``both`` baskets: P(a, b) / (P(a) P(b))."""
+    return both * stats.n_baskets / (stats.type_baskets[a] * stats.type_baskets[b])
+
+
 def complements(stats: TagStats, user_id: str, n: int = 20, *, sources: int = COMPLEMENT_SOURCES,
                 min_support: int = MIN_SUPPORT) -> list[Candidate]:
     """Types bought in the same baskets as the user's top ``sources`` types, by lift, never bought by
@@ -219,7 +224,7 @@ def complements(stats: TagStats, user_id: str, n: int = 20, *, sources: int = CO
         for b, both in zip(row.indices.tolist(), row.data.tolist(), strict=True):
             if b == a or b in counts or both < min_support or stats.type_category[b] == stats.type_category[a]:
                 continue
-            lift = both * stats.n_baskets / (stats.type_baskets[a] * stats.type_baskets[b])
+            lift = type_lift(stats, a, b, both)
             if b not in best or lift > best[b][0]:
                 best[b] = (lift, a, int(both))
     order = sorted(best, key=lambda b: (-best[b][0], stats.types[b]))[:n]
