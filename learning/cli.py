@@ -125,3 +125,36 @@ def train_self_train(
                                                                                 seed=seed), progress=say)
     write_jsonl(kept, out)
     _emit({"out": out, "model": model.model_name, **stats.as_dict()}, as_json)
+
+
+@train_app.command("grpo")
+def train_grpo_cmd(
+    data: str = typer.Option(..., "--data", help="JSONL rows from 'train data' (task rows give the prompts)."),
+    out: str = typer.Option(..., "--out", "-o", help="Folder for TRL's checkpoints and the final adapter."),
+    reward: str = typer.Option("crs", "--reward", help="crs (accuracy gated by the others) or summed (ablation)."),
+    adapter: str = typer.Option(None, "--adapter", help="SFT adapter folder to continue (default: a new LoRA)."),
+    max_steps: int = typer.Option(10, "--max-steps", min=1),
+    generations: int = typer.Option(4, "--generations", min=2, help="Answers sampled per prompt (the group)."),
+    prompts_per_step: int = typer.Option(1, "--prompts-per-step", min=1),
+    max_new: int = typer.Option(160, "--max-completion", min=8, help="Generated tokens per answer at most."),
+    temperature: float = typer.Option(0.8, "--temperature", min=0.0),
+    lr: float = typer.Option(1e-5, "--lr"),
+    limit: int = typer.Option(None, "--limit", min=1, help="Only the first N task rows."),
+    threads: int = typer.Option(None, "--threads", min=1, help="torch threads (default: torch's)."),
+    seed: int = typer.Option(42, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+) -> None:
+    """Constrained GRPO with TRL (learning/grpo.py); resumes from the last checkpoint in --out."""
+    from evals.tag_eval import default_encoder
+    from learning.grpo import REWARDS, GRPOSettings, train_grpo
+
+    if reward not in REWARDS:
+        raise typer.BadParameter(f"--reward must be one of {', '.join(REWARDS)}")
+    with open(data, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    rows = [r for r in rows if r.get("meta", {}).get("stage") == "task"][:limit]
+    settings = GRPOSettings(out_dir=out, reward=reward, init_adapter=adapter, max_steps=max_steps,
+                            num_generations=generations, prompts_per_step=prompts_per_step,
+                            max_completion_length=max_new, temperature=temperature, lr=lr, seed=seed, threads=threads)
+    res = train_grpo(rows, default_encoder().encode, settings, progress=not as_json)
+    _emit({**res.as_dict(), "rows_given": len(rows)}, as_json)

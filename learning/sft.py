@@ -77,6 +77,10 @@ def load_base(gguf_path: str | Path | None = None) -> tuple[Any, Any]:
     p = Path(gguf_path) if gguf_path else default_gguf_path()
     tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
     model = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32)
+    # The GGUF's weights are dequantised to plain float32 tensors on load, but transformers still marks
+    # the model as GGUF-quantised, and its Trainer (TRL's GRPO) refuses to train such a model.
+    model.hf_quantizer = None
+    model.is_quantized = False
     return model, tok
 
 
