@@ -94,6 +94,11 @@ def train_export(
         res["drift"] = drift(adapter, out, DRIFT_PROMPTS)
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     _emit(res, as_json)
+    if check and not res["drift"]["passed"]:
+        typer.echo(f"drift check failed: llama.cpp + {out} is {res['drift']['excess']:.3f} further from "
+                   f"transformers + {adapter} than the base models are (tolerance {res['drift']['tolerance']}), "
+                   f"or the top token differs", err=True)
+        raise typer.Exit(1)
 
 
 @train_app.command("self-train")

@@ -93,6 +93,12 @@ def export_gguf_lora(adapter_dir: str | Path, out_path: str | Path, *, base_gguf
             "sha256": hashlib.sha256(data).hexdigest()}
 
 
+#: the drift check passes when llama.cpp + adapter is within this much (log-prob, on transformers'
+#: top tokens) of transformers + adapter beyond what the two engines differ on the base model itself
+#: (llama.cpp runs the GGUF's quantised weights, transformers their float32 dequantisation)
+DRIFT_TOLERANCE = 0.15
+
+
 def drift(adapter_dir: str | Path, gguf_adapter: str | Path, prompts: list[str], *, top: int = 5,
           base: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """Next-token log-probabilities after each prompt: transformers + the peft adapter against llama.cpp
@@ -123,12 +129,16 @@ def drift(adapter_dir: str | Path, gguf_adapter: str | Path, prompts: list[str],
         rows.append({"prompt": text[:60], "tokens": len(ids),
                      "top_agrees": int(np.argmax(hf)) == int(np.argmax(lc)),
                      "max_abs_diff": float(np.max(np.abs(hf[best] - lc[best]))),
+                     "base_diff": float(np.max(np.abs(hf_base[best] - lc_base[best]))),
                      "adapter_effect_hf": float(np.max(np.abs(hf[best] - hf_base[best]))),
                      "adapter_effect_llama": float(np.max(np.abs(lc[best] - lc_base[best])))})
     tuned.close()
     plain.close()
+    excess = max(r["max_abs_diff"] - r["base_diff"] for r in rows)
     return {"prompts": rows, "max_abs_diff": max(r["max_abs_diff"] for r in rows),
-            "top_agrees": sum(r["top_agrees"] for r in rows)}
+            "max_base_diff": max(r["base_diff"] for r in rows), "excess": excess,
+            "top_agrees": sum(r["top_agrees"] for r in rows), "tolerance": DRIFT_TOLERANCE,
+            "passed": excess <= DRIFT_TOLERANCE and all(r["top_agrees"] for r in rows)}
 
 
 def _llama_logprobs(llama: Any, ids: list[int]) -> np.ndarray:
@@ -139,4 +149,4 @@ def _llama_logprobs(llama: Any, ids: list[int]) -> np.ndarray:
     return logits - np.log(np.exp(logits).sum())
 
 
-__all__ = ["DRIFT_PROMPTS", "drift", "export_gguf_lora", "permute_rows"]
+__all__ = ["DRIFT_PROMPTS", "DRIFT_TOLERANCE", "drift", "export_gguf_lora", "permute_rows"]

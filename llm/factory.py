@@ -66,8 +66,9 @@ def make_local(settings: LLMSettings, **kwargs: Any) -> BaseChatModel:
     gguf = settings.gguf_path()
     if gguf:
         args["model_path"] = gguf
-    if settings.adapter:
-        args["adapter"] = settings.adapter
+    adapter = settings.adapter_path()
+    if adapter:
+        args["adapter"] = adapter
     return LocalChatModel(**{**args, **kwargs})
 
 

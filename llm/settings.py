@@ -19,6 +19,10 @@ Design decisions:
   applies them. Roles with identical effective settings share one model object.
 * ``n_threads`` defaults to the physical cores this process may use, as llama.cpp does (see
   ``llm.local.default_threads``); on a machine shared with other busy jobs, fewer can be faster.
+* ``adapter`` (local backend): a GGUF LoRA file from ``app.py train export``. Unset, the embedded
+  model runs with the adapter shipped in ``llm/adapters/`` when one ships (its model card is beside
+  it), and only when the GGUF is the embedded one; ``none`` is the base model. Traces name the
+  adapter by the model id's ``+<sha256[:12]>``.
 * ``api_key`` is a ``SecretStr``; without one, ``OPENAI_API_KEY`` is used, then a placeholder
   (local servers ignore it, the openai client insists on one).
 """
@@ -38,6 +42,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from llm.errors import LLMConfigError
 
 Backend = Literal["local", "openai", "scripted"]
+
+#: the LoRA adapter shipped for the embedded SmolLM2-135M-Instruct (``llm/adapters/MODEL_CARD.md``)
+SHIPPED_ADAPTER = Path(__file__).parent / "adapters" / "smollm2-135m-intentrec-tags.gguf"
 StructuredMethod = Literal["auto", "json_schema", "function_calling", "json_mode"]
 Profile = Literal["auto", "small", "full"]
 #: served model names taken for the embedded model (SmolLM2-135M) by ``profile = "auto"``
@@ -86,7 +93,8 @@ class LLMSettings(BaseSettings):
     model: str | None = None
     api_key: SecretStr | None = None
     model_path: str | None = None
-    #: local backend: a GGUF LoRA adapter file (``app.py train export``); unset or "none": the base model
+    #: local backend: a GGUF LoRA adapter file (``app.py train export``); "none": the base model;
+    #: unset: the shipped adapter on the embedded model (``adapter_path``)
     adapter: str | None = None
     n_threads: int | None = Field(default=None, ge=1)
     n_ctx: int = Field(default=8192, ge=128)
@@ -155,6 +163,15 @@ class LLMSettings(BaseSettings):
             return self.model_path
         if self.model and (self.model.lower().endswith(".gguf") or Path(self.model).is_file()):
             return self.model
+        return None
+
+    def adapter_path(self) -> str | None:
+        """The LoRA file the local backend applies: ``adapter`` ("none": no adapter); unset, the
+        shipped one when the GGUF is the embedded default and the file ships, else none."""
+        if self.adapter:
+            return None if self.adapter.strip().lower() == "none" else self.adapter
+        if self.gguf_path() is None and SHIPPED_ADAPTER.is_file():
+            return str(SHIPPED_ADAPTER)
         return None
 
     def api_key_value(self) -> str:

@@ -85,6 +85,23 @@ def test_gguf_path_from_model_flag():
     assert LLMSettings(model_path="a.gguf", model="b.gguf").gguf_path() == "a.gguf"
 
 
+def test_adapter_path_defaults_to_the_shipped_adapter_on_the_embedded_model_only(tmp_path, monkeypatch):
+    import llm.settings as settings_module
+
+    shipped = tmp_path / "shipped.gguf"
+    monkeypatch.setattr(settings_module, "SHIPPED_ADAPTER", shipped)
+    assert LLMSettings().adapter_path() is None  # nothing ships: the base model
+    shipped.write_bytes(b"GGUF")
+    assert LLMSettings().adapter_path() == str(shipped)
+    assert LLMSettings(adapter="none").adapter_path() is None and LLMSettings(adapter=" None ").adapter_path() is None
+    assert LLMSettings(adapter="mine.gguf").adapter_path() == "mine.gguf"
+    # an adapter trained for the embedded model is not applied to another GGUF unless asked for
+    assert LLMSettings(model_path="other.gguf").adapter_path() is None
+    assert LLMSettings(model="other.gguf", adapter="mine.gguf").adapter_path() == "mine.gguf"
+    monkeypatch.setenv("INTENTREC_LLM_ADAPTER", "none")
+    assert LLMSettings().adapter_path() is None
+
+
 def test_factory_scripted_and_role_sharing():
     s = LLMSettings(backend="scripted", roles={"explainer": {"temperature": 0.9}})
     m = make_chat_model(s, default="hi")
