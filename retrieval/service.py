@@ -723,9 +723,16 @@ def load_or_build_retriever(dataset: Dataset, settings: RetrievalSettings | None
     """Load the retriever cached for this dataset and these build settings, building it if missing.
 
     A cached build that is corrupt or mismatched raises a clear error (rebuild with ``rebuild=True`` or
-    ``app.py index build --rebuild``) rather than being silently replaced."""
+    ``app.py index build --rebuild``) rather than being silently replaced.
+
+    The check and the build hold an inter-process file lock beside the build's folder, so the workers
+    of a batch that start on a cold cache build it once: the first builds, the others wait and load."""
+    from filelock import FileLock
+
     settings = settings or RetrievalSettings()
     directory = artifact_dir(dataset, settings, root)
-    if not rebuild and (directory / "config.json").exists():
-        return Retriever.load(directory, dataset, settings=settings, encoder=encoder)
-    return build_retriever(dataset, settings, directory, progress=progress, encoder=encoder)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(directory) + ".lock"):
+        if not rebuild and (directory / "config.json").exists():
+            return Retriever.load(directory, dataset, settings=settings, encoder=encoder)
+        return build_retriever(dataset, settings, directory, progress=progress, encoder=encoder)

@@ -322,3 +322,32 @@ def test_interest_agents_in_words_and_never_from_the_future(retriever, user_and_
     assert len(set(labels)) == len(labels) and all(labels)
     assert retriever.interest_evidence(u, now=CUTOFF - timedelta(days=1)) == []
     assert retriever.interest_evidence("no-such-user", now=CUTOFF) == []
+
+
+def test_concurrent_cold_starts_build_the_index_once(ds, tmp_path, monkeypatch):
+    """The workers of a batch on a cold cache: one builds, the others wait on the lock and load it."""
+    import threading
+    import time
+
+    import retrieval.service as service
+
+    builds: list[str] = []
+
+    def fake_build(dataset, settings, directory, progress=True, encoder=None):
+        builds.append(threading.current_thread().name)
+        time.sleep(0.3)  # long enough for the other callers to reach the lock
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text("{}")
+        return "built"
+
+    monkeypatch.setattr(service, "build_retriever", fake_build)
+    monkeypatch.setattr(service.Retriever, "load", classmethod(lambda cls, directory, *a, **k: "loaded"))
+    got: list[str] = []
+    threads = [threading.Thread(target=lambda: got.append(service.load_or_build_retriever(ds, SMALL, root=tmp_path)),
+                                name=f"worker-{i}") for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1 and sorted(got) == ["built", "loaded", "loaded"]
+    assert service.load_or_build_retriever(ds, SMALL, root=tmp_path, rebuild=True) == "built" and len(builds) == 2
