@@ -3,7 +3,9 @@ wall time) and, with ``--json``, one JSON object."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import time
 
 import typer
@@ -161,5 +163,7 @@ def train_grpo_cmd(
     settings = GRPOSettings(out_dir=out, reward=reward, init_adapter=adapter, max_steps=max_steps,
                             num_generations=generations, prompts_per_step=prompts_per_step,
                             max_completion_length=max_new, temperature=temperature, lr=lr, seed=seed, threads=threads)
-    res = train_grpo(rows, default_encoder().encode, settings, progress=not as_json)
+    # the Trainer prints its per-step logs on stdout; with --json they go to stderr, so stdout is the JSON
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        res = train_grpo(rows, default_encoder().encode, settings, progress=not as_json)
     _emit({**res.as_dict(), "rows_given": len(rows)}, as_json)

@@ -126,7 +126,11 @@ def train_grpo(rows: Sequence[dict], embed: Callable[[list[str]], np.ndarray], s
                       num_generations=settings.num_generations, max_completion_length=settings.max_completion_length,
                       temperature=settings.temperature, seed=settings.seed, use_cpu=True, bf16=False,
                       logging_steps=1, save_steps=settings.save_steps, report_to="none",
-                      disable_tqdm=not progress, beta=0.0)
+                      disable_tqdm=not progress, beta=0.0,
+                      # TRL turns gradient checkpointing on by default, which turns the KV cache off, so
+                      # every sampled token re-reads the whole ~3.6k-token prompt; with LoRA on the top
+                      # blocks only those blocks keep activations, which fits in memory without it
+                      gradient_checkpointing=False)
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data, processing_class=tok)
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     res = GRPOResult(reward=settings.reward, out_dir=str(out),
