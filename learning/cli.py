@@ -69,8 +69,9 @@ def train_sft_cmd(
 
     if stage not in ("all", "curriculum", "task"):
         raise typer.BadParameter("--stage must be all, curriculum or task")
-    with open(data, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    from learning.dataset import read_jsonl
+
+    rows = read_jsonl(data)
     if stage != "all":
         rows = [r for r in rows if r.get("meta", {}).get("stage") == stage]
     cfg = SFTConfig(out_dir=out, max_steps=max_steps, epochs=epochs, layers=layers, max_len=max_len, lr=lr,
@@ -116,12 +117,11 @@ def train_self_train(
 ) -> None:
     """One self-training round (learning/self_train.py): sample, score with the constrained reward, keep the best."""
     from evals.tag_eval import default_encoder
-    from learning.dataset import write_jsonl
+    from learning.dataset import read_jsonl, write_jsonl
     from learning.self_train import SelfTrainConfig, self_train_round
     from llm.local import LocalChatModel
 
-    with open(data, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = read_jsonl(data)
     if limit:
         tasks = [r for r in rows if r.get("meta", {}).get("stage") == "task"][:limit]
         rows = [r for r in rows if r.get("meta", {}).get("stage") != "task"] + tasks
@@ -157,8 +157,9 @@ def train_grpo_cmd(
 
     if reward not in REWARDS:
         raise typer.BadParameter(f"--reward must be one of {', '.join(REWARDS)}")
-    with open(data, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    from learning.dataset import read_jsonl
+
+    rows = read_jsonl(data)
     rows = [r for r in rows if r.get("meta", {}).get("stage") == "task"][:limit]
     settings = GRPOSettings(out_dir=out, reward=reward, init_adapter=adapter, max_steps=max_steps,
                             num_generations=generations, prompts_per_step=prompts_per_step,

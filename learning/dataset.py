@@ -285,6 +285,12 @@ def curriculum_examples(stats: TagStats, n: int, *, prompts: PromptRegistry, pre
     return out
 
 
+def read_jsonl(path: Any) -> list[dict]:
+    """The rows of a JSONL file written by ``write_jsonl`` (blank lines skipped)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def write_jsonl(rows: Iterable[dict], path: Any) -> int:
     n = 0
     with open(path, "w", encoding="utf-8") as f:
@@ -295,4 +301,4 @@ def write_jsonl(rows: Iterable[dict], path: Any) -> int:
 
 
 __all__ = ["BuildConfig", "BuildStats", "DEFAULT_CUTOFFS", "LeakageError", "build_examples", "check_no_leakage",
-           "curriculum_examples", "persona_targets", "target_json", "type_complement", "window_types", "write_jsonl"]
+           "curriculum_examples", "persona_targets", "read_jsonl", "target_json", "type_complement", "window_types", "write_jsonl"]
