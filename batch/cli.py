@@ -67,7 +67,7 @@ def batch_cmd(
     runlog: Path = RUNLOG_OPT,
 ) -> None:
     """Run the graph for many users; results go to the run log. Resumable after a kill (--resume)."""
-    from batch.runner import BatchError, BatchSpec, build_rec, select_users
+    from batch.runner import BatchError, BatchSpec, build_rec, pin_adapter, select_users
     from core.options import parse_date
     from runlog.batches import BatchStore
 
@@ -83,9 +83,9 @@ def batch_cmd(
             raise BatchError("--retry-failed needs --resume BATCH_ID")
         when = parse_date(now, "--now") if now else None
         overrides = {k: v for k, v in {"n_personas": personas, "n_tags": tags, "n_items": items}.items() if v}
-        spec = BatchSpec(dataset=dataset, now=when.date().isoformat() if when else None, overrides=overrides,
-                         backend=backend, model=model, base_url=base_url, index_cutoff=index_cutoff,
-                         prompts=prompts, factory=factory)
+        spec = pin_adapter(BatchSpec(dataset=dataset, now=when.date().isoformat() if when else None,
+                                     overrides=overrides, backend=backend, model=model, base_url=base_url,
+                                     index_cutoff=index_cutoff, prompts=prompts, factory=factory))
         if (engine == "local" and workers == 1) or factory:
             rec = build_rec(spec, store, progress=not as_json)
             ds = rec.dataset

@@ -57,6 +57,10 @@ class BatchSpec(BaseModel):
     index_cutoff: str | None = None
     prompts: str | None = None
     factory: str | None = None  # module:function(RunLog) -> IntentRec, instead of the settings above
+    #: local backend: the LoRA adapter file the batch runs with ("none": the base model) and its
+    #: ``+<sha256[:12]>``, pinned when the batch is created (``pin_adapter``)
+    adapter: str | None = None
+    adapter_id: str | None = None
     seed: int | None = None  # of the --users sample (a record; the users themselves are stored)
     selection: dict[str, int] = Field(default_factory=dict)  # users left out when choosing, and why
 
@@ -77,7 +81,7 @@ def build_rec(spec: BatchSpec, store: RunLog, *, progress: bool = False, n_threa
     from llm.settings import LLMSettings
 
     opts = {k: v for k, v in {"backend": spec.backend, "model": spec.model, "base_url": spec.base_url,
-                              "n_threads": n_threads}.items() if v}
+                              "n_threads": n_threads, "adapter": spec.adapter}.items() if v}
     retrieval = None
     if spec.index_cutoff:
         from core.options import parse_date
@@ -86,6 +90,27 @@ def build_rec(spec: BatchSpec, store: RunLog, *, progress: bool = False, n_threa
         retrieval = RetrievalSettings(cutoff=parse_date(spec.index_cutoff, "--index-cutoff"))
     return IntentRec.from_settings(spec.dataset, llm_settings=LLMSettings(**opts), retrieval_settings=retrieval,
                                    prompts_dir=spec.prompts, runlog=store, progress=progress)
+
+
+def pin_adapter(spec: BatchSpec) -> BatchSpec:
+    """``spec`` with the local backend's LoRA adapter resolved now (``LLMSettings.adapter_path``: the
+    setting, else the shipped file): a resume runs, and a reuse check compares, the same weights
+    whatever ``INTENTREC_LLM_ADAPTER`` says later. Unchanged for a factory, another backend or a
+    spec that already names its adapter."""
+    from llm.local import adapter_id
+    from llm.settings import LLMSettings
+
+    if spec.factory or spec.adapter:
+        return spec
+    opts = {k: v for k, v in {"backend": spec.backend, "model": spec.model, "base_url": spec.base_url}.items() if v}
+    settings = LLMSettings(**opts)
+    if settings.backend != "local":
+        return spec
+    path = settings.adapter_path()
+    if path is None:
+        return spec.model_copy(update={"adapter": "none", "adapter_id": None})
+    resolved = Path(path).expanduser().resolve()
+    return spec.model_copy(update={"adapter": str(resolved), "adapter_id": adapter_id(resolved)})
 
 
 def select_users(dataset: Any, *, n: int | None = None, all_users: bool = False, user_file: Path | None = None,

@@ -344,3 +344,52 @@ def test_batch_run_log_durability_and_worker_command(tmp_path):
     with pytest.raises(BatchError, match="--workers must be at least 1"):
         execute(store, BatchStore(store).create(["u1"], spec=BatchSpec(now=NOW, factory=FACTORY).model_dump()),
                 workers=0)
+
+
+def test_a_batch_pins_its_lora_adapter_and_the_eval_reuses_only_the_same_one(tmp_path, monkeypatch):
+    """The adapter is resolved when the batch is created (path and +sha), a resume builds with it
+    whatever the environment says later, and a batch is reused only for the same adapter."""
+    from batch.runner import pin_adapter
+    from evals.tag_eval import find_batch
+
+    monkeypatch.delenv("INTENTREC_LLM_CONFIG", raising=False)
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    a.write_bytes(b"adapter a")
+    b.write_bytes(b"adapter b")
+    monkeypatch.setenv("INTENTREC_LLM_ADAPTER", str(a))
+    spec_a = pin_adapter(BatchSpec(now=NOW, index_cutoff=NOW))
+    assert spec_a.adapter == str(a.resolve())
+    assert spec_a.adapter_id == "+" + __import__("hashlib").sha256(b"adapter a").hexdigest()[:12]
+    monkeypatch.setenv("INTENTREC_LLM_ADAPTER", "none")
+    assert pin_adapter(BatchSpec(now=NOW)).adapter == "none"
+    assert pin_adapter(BatchSpec(now=NOW)).adapter_id is None
+    # a factory or a server backend runs no local adapter: nothing is pinned
+    assert pin_adapter(BatchSpec(now=NOW, factory=FACTORY)).adapter is None
+    assert pin_adapter(BatchSpec(now=NOW, backend="openai", base_url="http://127.0.0.1:9/v1")).adapter is None
+    # an already pinned spec keeps its adapter (a resume must not re-resolve it from the environment)
+    assert pin_adapter(spec_a) == spec_a
+
+    store = RunLog(tmp_path / "runs.sqlite")
+    ids = ["1", "2"]
+    bid = BatchStore(store).create(ids, spec=spec_a.model_dump())
+    assert find_batch(store, ids, spec_a.model_dump()) == bid
+    monkeypatch.setenv("INTENTREC_LLM_ADAPTER", str(b))
+    assert find_batch(store, ids, pin_adapter(BatchSpec(now=NOW, index_cutoff=NOW)).model_dump()) is None
+    monkeypatch.setenv("INTENTREC_LLM_ADAPTER", "none")
+    assert find_batch(store, ids, pin_adapter(BatchSpec(now=NOW, index_cutoff=NOW)).model_dump()) is None
+    # same path, new bytes: a different adapter
+    a.write_bytes(b"adapter a, retrained")
+    monkeypatch.setenv("INTENTREC_LLM_ADAPTER", str(a))
+    assert find_batch(store, ids, pin_adapter(BatchSpec(now=NOW, index_cutoff=NOW)).model_dump()) is None
+
+
+def test_build_rec_passes_the_pinned_adapter_to_the_llm_settings(monkeypatch):
+    from batch import runner
+    from intentrec.service import IntentRec
+
+    seen = {}
+    monkeypatch.setattr(IntentRec, "from_settings", classmethod(
+        lambda cls, dataset, llm_settings=None, **kw: seen.setdefault("llm", llm_settings)))
+    monkeypatch.setenv("INTENTREC_LLM_ADAPTER", "/elsewhere/other.gguf")
+    runner.build_rec(BatchSpec(now=NOW, adapter="/pinned/a.gguf", adapter_id="+abc"), store=None)
+    assert seen["llm"].adapter == "/pinned/a.gguf" and seen["llm"].adapter_path() == "/pinned/a.gguf"
