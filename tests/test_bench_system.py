@@ -94,6 +94,24 @@ def test_vllm_target_is_users_per_min_at_8_over_1():
     assert bs.targets({"sections": {}})["vllm_throughput_c8_over_c1"] == {"measured": None, "pass": None}
 
 
+def test_vllm_target_fails_when_any_level_had_failed_users_or_invalid_calls():
+    def block(**bad: int) -> dict:
+        levels = {c: {"users_per_min": upm, "failed": 0, "runs": {"failed_calls": 0, "unparsed_calls": 0}}
+                  for c, upm in ((1, 1.0), (8, 3.0))}
+        for k, v in bad.items():
+            if k == "failed":
+                levels[8]["failed"] = v
+            else:
+                levels[1]["runs"][k] = v
+        return {"sections": {"throughput": {"vllm": bs.throughput_table(levels)}}}
+
+    ok = bs.targets(block())["vllm_throughput_c8_over_c1"]
+    assert ok["pass"] is True and ok["invalid"] == {"failed_users": 0, "failed_calls": 0, "unparsed_calls": 0}
+    for bad in ({"failed": 2}, {"failed_calls": 1}, {"unparsed_calls": 3}):
+        t = bs.targets(block(**bad))["vllm_throughput_c8_over_c1"]
+        assert t["measured"] == 3.0 and t["pass"] is False and sum(t["invalid"].values()) == next(iter(bad.values()))
+
+
 def test_per_user_and_tags_part_targets():
     """The tags-only part runs from the run's start to the end of its last tag gate; the per-user
     targets read the latency section's median and p95."""
