@@ -61,6 +61,8 @@ def train_sft_cmd(
     grad_accum: int = typer.Option(4, "--grad-accum", min=1),
     threads: int = typer.Option(None, "--threads", min=1, help="torch threads (default: torch's)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
+    init_adapter: str = typer.Option(None, "--init-adapter", help="Adapter folder to start from (its weights, a "
+                                     "new optimiser): e.g. the SFT adapter, on a self-training round's set."),
     seed: int = typer.Option(42, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
@@ -75,7 +77,7 @@ def train_sft_cmd(
     if stage != "all":
         rows = [r for r in rows if r.get("meta", {}).get("stage") == stage]
     cfg = SFTConfig(out_dir=out, max_steps=max_steps, epochs=epochs, layers=layers, max_len=max_len, lr=lr,
-                    grad_accum=grad_accum, threads=threads, seed=seed)
+                    grad_accum=grad_accum, threads=threads, seed=seed, init_adapter=init_adapter)
     res = train_sft(rows, cfg, resume=resume, progress=not as_json)
     _emit({**res.as_dict(), "rows_given": len(rows), "stage": stage}, as_json)
 

@@ -50,6 +50,9 @@ class SFTConfig:
     save_every: int = 50
     gguf_path: str | None = None
     threads: int | None = None
+    #: a trained adapter folder to start from (its weights; a new optimiser and schedule): the next SFT
+    #: of a self-training round continues the adapter that sampled the set. Its LoRA shape wins
+    init_adapter: str | None = None
 
 
 @dataclass
@@ -137,6 +140,10 @@ def train_sft(rows: Sequence[dict], config: SFTConfig, *, resume: bool = False, 
         model = PeftModel.from_pretrained(model, str(out), is_trainable=True)
         state = json.loads((out / TRAIN_LOG).read_text()) if (out / TRAIN_LOG).is_file() else {}
         start_step, res.losses = int(state.get("steps", 0)), list(state.get("losses", []))
+    elif config.init_adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
     else:
         model = lora_model(model, config)
     model.train()

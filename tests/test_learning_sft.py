@@ -50,3 +50,26 @@ def test_a_few_sft_steps_lower_the_loss_and_save_a_resumable_adapter(base, rows,
     # resume: two more steps continue from step 3
     more = train_sft(rows, SFTConfig(**{**cfg.__dict__, "max_steps": 5}), base=load_base(), resume=True, progress=False)
     assert more.steps == 5 and more.losses[:3] == res.losses and len(more.losses) == 5
+
+
+def test_init_adapter_starts_from_the_given_weights_with_a_fresh_schedule(base, rows, tmp_path):
+    from safetensors.torch import load_file
+
+    first = SFTConfig(out_dir=str(tmp_path / "a"), max_steps=2, batch_size=2, grad_accum=1, lr=2e-3,
+                      warmup_steps=1, layers=2, save_every=2)
+    train_sft(rows, first, base=load_base(), progress=False)
+    trained = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
+    assert any(float(v.abs().max()) > 0 for k, v in trained.items() if "lora_B" in k)
+    # lr 0: one step from the init adapter must leave exactly its weights; from scratch, LoRA's zero B
+    frozen = dict(max_steps=1, batch_size=2, grad_accum=1, lr=0.0, warmup_steps=1, layers=2)
+    res = train_sft(rows, SFTConfig(out_dir=str(tmp_path / "b"), init_adapter=str(tmp_path / "a"), **frozen),
+                    base=load_base(), progress=False)
+    first_losses = json.loads((tmp_path / "a" / "train_log.json").read_text())["losses"]
+    assert res.steps == 1 and res.losses[0] < first_losses[0]
+    again = load_file(str(tmp_path / "b" / "adapter_model.safetensors"))
+    assert again.keys() == trained.keys() and all((again[k] == trained[k]).all() for k in trained)
+    assert json.loads((tmp_path / "b" / "intentrec_sft.json").read_text())["init_adapter"] == str(tmp_path / "a")
+    scratch = train_sft(rows, SFTConfig(out_dir=str(tmp_path / "c"), **frozen), base=load_base(), progress=False)
+    fresh = load_file(str(tmp_path / "c" / "adapter_model.safetensors"))
+    assert all(float(v.abs().max()) == 0 for k, v in fresh.items() if "lora_B" in k)
+    assert scratch.losses[0] == pytest.approx(first_losses[0], rel=1e-4) and scratch.losses[0] > res.losses[0]
