@@ -78,18 +78,25 @@ def build_rec(spec: BatchSpec, store: RunLog, *, progress: bool = False, n_threa
     if fn is not None:
         return fn(store)
     from intentrec.service import IntentRec
-    from llm.settings import LLMSettings
 
-    opts = {k: v for k, v in {"backend": spec.backend, "model": spec.model, "base_url": spec.base_url,
-                              "n_threads": n_threads, "adapter": spec.adapter}.items() if v}
     retrieval = None
     if spec.index_cutoff:
         from core.options import parse_date
         from retrieval.settings import RetrievalSettings
 
         retrieval = RetrievalSettings(cutoff=parse_date(spec.index_cutoff, "--index-cutoff"))
-    return IntentRec.from_settings(spec.dataset, llm_settings=LLMSettings(**opts), retrieval_settings=retrieval,
+    return IntentRec.from_settings(spec.dataset, llm_settings=llm_settings(spec, n_threads=n_threads),
+                                   retrieval_settings=retrieval,
                                    prompts_dir=spec.prompts, runlog=store, progress=progress)
+
+
+def llm_settings(spec: BatchSpec, *, n_threads: int | None = None) -> Any:
+    """The ``LLMSettings`` a batch runs with: the spec's backend, model, server and pinned adapter
+    over the environment and config file."""
+    from llm.settings import LLMSettings
+
+    return LLMSettings(**{k: v for k, v in {"backend": spec.backend, "model": spec.model, "base_url": spec.base_url,
+                                            "n_threads": n_threads, "adapter": spec.adapter}.items() if v})
 
 
 def pin_adapter(spec: BatchSpec) -> BatchSpec:
@@ -98,12 +105,10 @@ def pin_adapter(spec: BatchSpec) -> BatchSpec:
     whatever ``INTENTREC_LLM_ADAPTER`` says later. Unchanged for a factory, another backend or a
     spec that already names its adapter."""
     from llm.local import adapter_id
-    from llm.settings import LLMSettings
 
     if spec.factory or spec.adapter:
         return spec
-    opts = {k: v for k, v in {"backend": spec.backend, "model": spec.model, "base_url": spec.base_url}.items() if v}
-    settings = LLMSettings(**opts)
+    settings = llm_settings(spec)
     if settings.backend != "local":
         return spec
     path = settings.adapter_path()

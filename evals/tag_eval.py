@@ -578,8 +578,11 @@ def intentrec_summary(ir: dict[str, Any], users: Sequence[str]) -> dict[str, Any
 
 
 def _same_spec(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    keys = ("dataset", "now", "overrides", "backend", "model", "base_url", "index_cutoff", "prompts", "factory",
-            "adapter", "adapter_id")
+    """Same run settings: every ``BatchSpec`` field but the sample's record (``seed``, ``selection``),
+    so a setting added to the spec counts here without a second list to keep in step."""
+    from batch.runner import BatchSpec
+
+    keys = set(BatchSpec.model_fields) - {"seed", "selection"}
     return all((a.get(x) or None) == (b.get(x) or None) for x in keys)
 
 

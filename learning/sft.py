@@ -134,18 +134,17 @@ def train_sft(rows: Sequence[dict], config: SFTConfig, *, resume: bool = False, 
         raise ValueError(f"no training example fits max_len={config.max_len} ({res.skipped_too_long} too long)")
     res.examples = len(data)
     start_step = 0
-    if resume and (out / "adapter_model.safetensors").is_file():
+    resuming = resume and (out / "adapter_model.safetensors").is_file()
+    start_from = str(out) if resuming else config.init_adapter
+    if start_from:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(out), is_trainable=True)
-        state = json.loads((out / TRAIN_LOG).read_text()) if (out / TRAIN_LOG).is_file() else {}
-        start_step, res.losses = int(state.get("steps", 0)), list(state.get("losses", []))
-    elif config.init_adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
+        model = PeftModel.from_pretrained(model, start_from, is_trainable=True)
     else:
         model = lora_model(model, config)
+    if resuming:
+        state = json.loads((out / TRAIN_LOG).read_text()) if (out / TRAIN_LOG).is_file() else {}
+        start_step, res.losses = int(state.get("steps", 0)), list(state.get("losses", []))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)

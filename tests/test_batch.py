@@ -3,6 +3,7 @@ retries, bounded concurrency, the CLI, and Ray parity with the in-process engine
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -359,7 +360,7 @@ def test_a_batch_pins_its_lora_adapter_and_the_eval_reuses_only_the_same_one(tmp
     monkeypatch.setenv("INTENTREC_LLM_ADAPTER", str(a))
     spec_a = pin_adapter(BatchSpec(now=NOW, index_cutoff=NOW))
     assert spec_a.adapter == str(a.resolve())
-    assert spec_a.adapter_id == "+" + __import__("hashlib").sha256(b"adapter a").hexdigest()[:12]
+    assert spec_a.adapter_id == "+" + hashlib.sha256(b"adapter a").hexdigest()[:12]
     monkeypatch.setenv("INTENTREC_LLM_ADAPTER", "none")
     assert pin_adapter(BatchSpec(now=NOW)).adapter == "none"
     assert pin_adapter(BatchSpec(now=NOW)).adapter_id is None

@@ -52,7 +52,7 @@ def test_a_few_sft_steps_lower_the_loss_and_save_a_resumable_adapter(base, rows,
     assert more.steps == 5 and more.losses[:3] == res.losses and len(more.losses) == 5
 
 
-def test_init_adapter_starts_from_the_given_weights_with_a_fresh_schedule(base, rows, tmp_path):
+def test_init_adapter_starts_from_the_given_weights_with_a_fresh_schedule(rows, tmp_path):
     from safetensors.torch import load_file
 
     first = SFTConfig(out_dir=str(tmp_path / "a"), max_steps=2, batch_size=2, grad_accum=1, lr=2e-3,
