@@ -31,12 +31,19 @@ class Intent(BaseModel):
     reason: str = Field(default="", max_length=48)
 
 
+#: the longest word a tag may have: the catalogue's longest product-type word fits
+TAG_WORD_CHARS = 21
+_TAG_WORD = rf"[A-Za-z][A-Za-z'-]{{0,{TAG_WORD_CHARS - 1}}}"
 #: "modifier + core word": 2 to 4 plain words. Grammar-constrained backends cannot emit anything else.
-TAG_PATTERN = r"^[A-Za-z][A-Za-z'-]*( [A-Za-z][A-Za-z'-]*){1,3}$"
+#: Every repetition is bounded, so the pattern alone keeps constrained decoding finite: a server that
+#: takes either a pattern or a length on one string (vLLM's xgrammar) gets the pattern.
+TAG_PATTERN = rf"^{_TAG_WORD}( {_TAG_WORD}){{1,3}}$"
+#: the longest string ``TAG_PATTERN`` matches (4 words and 3 spaces)
+TAG_MAX_CHARS = 4 * TAG_WORD_CHARS + 3
 
 
 class TagProposal(BaseModel):
-    tag: str = Field(min_length=3, max_length=48, pattern=TAG_PATTERN, description="modifier + core word, 2 to 4 words")
+    tag: str = Field(min_length=3, max_length=TAG_MAX_CHARS, pattern=TAG_PATTERN, description="modifier + core word, 2 to 4 words")
     #: which of the expert's intents the tag serves, by position (0 = the first): one token, where a
     #: copied text was up to 40 (a 135M model filled it with "1. 1. 1. …"). The tag carries that
     #: intent's interest and reason.

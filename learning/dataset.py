@@ -15,7 +15,10 @@ as target the tags of what the user bought next. Here:
 * **Targets** are in the expert's output schema (validated against it, with the catalogue enum): the
   product types the household bought in the window that are in the expert's enum. Each persona gets
   the types of its own category first, then a round-robin share of the rest (new categories
-  first), so the K experts of a user learn different lists instead of one list K times.
+  first), so the K experts of a user learn different lists instead of one list K times. A list
+  shorter than the reward's length gate (``RewardConfig.min_tags``) is topped up from the household's
+  other bought types, and a persona whose household bought fewer is skipped and counted: SFT must not
+  teach lists that the self-training round and GRPO then score 0.
 * **Curriculum** (V1's first stage): short tasks from the catalogue before the main set, the category
   of a product type and a product type's complement (highest lift, at least 20 shared baskets), both
   from data before the earliest cutoff, rendered with the ``curriculum`` template.
@@ -41,6 +44,7 @@ from agents.expert import MAX_INTENTS, expert_schema, expert_variables
 from behavior.schema import Dataset
 from graphs.prepare import prepare_user
 from graphs.recommend import top_categories
+from learning.reward import RewardConfig
 from judges.personas import category_personas
 from prompts.registry import PromptRegistry
 from tools.tag_stats import MIN_SUPPORT, TagStats, product_type, type_lift
@@ -66,6 +70,10 @@ class BuildConfig:
     tags_per_expert: int = 15
     seed: int = 42
     curriculum: int = 200  # curriculum examples (half each task); 0: none
+    #: a target shorter than this is topped up from the household's other bought types, and a persona
+    #: whose household bought fewer is skipped: the reward's length gate (``RewardConfig.min_tags``),
+    #: so SFT does not teach lists that self-training and GRPO then score 0
+    min_targets: int = RewardConfig.min_tags
 
 
 @dataclass
@@ -75,6 +83,8 @@ class BuildStats:
     users: int = 0
     #: personas with no bought product type in the enum (no target): counted, not written
     skipped_no_target: int = 0
+    #: personas whose household bought fewer than ``min_targets`` types in the enum: counted, not written
+    skipped_short_target: int = 0
     per_cutoff: dict[str, int] = field(default_factory=dict)
     target_last_ts: str | None = None
 
@@ -126,18 +136,24 @@ def window_types(dataset: Dataset, user_id: str, start: datetime, end: datetime)
 
 
 def persona_targets(personas: Sequence[dict], persona_categories: Sequence[str], bought: Sequence[tuple[str, str, bool]],
-                    per_persona: int) -> list[list[tuple[str, bool]]]:
+                    per_persona: int, min_per_persona: int = 1) -> list[list[tuple[str, bool]]]:
     """Each persona's target types: ``bought`` is (phrase, category, is_new_category) in purchase
     order. A persona gets its own category's types first, then its round-robin share of the rest, new
-    categories first; at most ``per_persona``. Returns (phrase, is_new) per persona."""
+    categories first; a list still shorter than ``min_per_persona`` is topped up from the other
+    bought types (new categories first), so that a target can pass the reward's length gate; at most
+    ``per_persona``. Returns (phrase, is_new) per persona."""
     own = [[(p, new) for p, c, new in bought if c == cat] for cat in persona_categories]
     taken = {p for lst in own for p, _ in lst}
     rest = [(p, new) for p, c, new in bought if p not in taken]
     rest.sort(key=lambda x: not x[1])  # new categories first, purchase order kept
+    pool = sorted(((p, new) for p, _, new in bought), key=lambda x: not x[1])
     out = []
     for i in range(len(personas)):
-        share = rest[i::len(personas)]
-        out.append((own[i] + share)[:per_persona])
+        tags = (own[i] + rest[i::len(personas)])[:per_persona]
+        if len(tags) < min_per_persona:
+            have = {p for p, _ in tags}
+            tags += [t for t in pool if t[0] not in have][:min(min_per_persona, per_persona) - len(tags)]
+        out.append(tags)
     return out
 
 
@@ -195,11 +211,15 @@ def build_examples(dataset: Dataset, config: BuildConfig, *, prompts: PromptRegi
                 t_max = wt["first_ts"].max()
                 last_ts = t_max if last_ts is None or t_max > last_ts else last_ts
             schema = expert_schema(config.tags_per_expert, vocab)
-            per = persona_targets(personas, [cat for cat, _ in top[:len(personas)]], bought, config.tags_per_expert)
+            per = persona_targets(personas, [cat for cat, _ in top[:len(personas)]], bought, config.tags_per_expert,
+                                  min_per_persona=config.min_targets)
             stats.users += 1
             for persona, tags in zip(personas, per, strict=True):
-                if not tags:
-                    stats.skipped_no_target += 1
+                if len(tags) < max(1, config.min_targets):
+                    if tags:
+                        stats.skipped_short_target += 1
+                    else:
+                        stats.skipped_no_target += 1
                     continue
                 msgs = prompts.get("expert").render(**expert_variables(ctx, prepared.shared_context, persona,
                                                                        vocabulary=vocab))

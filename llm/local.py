@@ -86,6 +86,7 @@ from llm.schemas import (
     structured_runnable,
     with_schema_hint,
 )
+from llm.settings import DEFAULT_MAX_TOKENS
 
 
 def default_threads() -> int:
@@ -359,7 +360,7 @@ class LocalChatModel(BaseChatModel):
     n_threads: int = Field(default_factory=default_threads)
     seed: int = 42
     temperature: float = 0.2
-    max_tokens: int = 512
+    max_tokens: int = DEFAULT_MAX_TOKENS
     top_p: float = 0.95
     top_k: int = 40
     schema_hint: bool = True

@@ -73,13 +73,13 @@ from llm.errors import (
     _clip,
 )
 from llm.schemas import (
+    for_xgrammar,
     inline_refs,
     json_schema_of,
     schema_hint_text,
     schema_name,
     structured_runnable,
     with_schema_hint,
-    without_pattern_and_length,
 )
 
 Method = Literal["auto", "json_schema", "function_calling", "json_mode"]
@@ -424,9 +424,9 @@ class OpenAICompatChatModel(ChatOpenAI):
             return self.bind(tools=[tool], tool_choice={"type": "function", "function": {"name": safe}}, **own)
         if method == "json_mode":
             return self.bind(response_format={"type": "json_object"}, **own)
-        if method == "vllm":  # xgrammar refuses pattern + length bounds on one string (see the helper)
+        if method == "vllm":  # xgrammar refuses pattern + length bounds on one string
             return self.bind(extra_body={**(self.extra_body or {}),
-                                         "structured_outputs": {"json": without_pattern_and_length(sd)}}, **own)
+                                         "structured_outputs": {"json": for_xgrammar(sd)}}, **own)
         raise ValueError(f"unknown structured-output method {method!r}")
 
     def with_structured_output(self, schema: Any = None, *, method: str | None = None, include_raw: bool = False,

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from llm.errors import ContextLengthError, LLMError
+from llm.settings import DEFAULT_MAX_TOKENS
 
 
 @dataclass
@@ -42,7 +43,7 @@ class SeqRequest:
 
     tokens: list[int]
     grammar: Any = None
-    max_tokens: int = 512
+    max_tokens: int = DEFAULT_MAX_TOKENS
     temperature: float = 0.2
     top_k: int = 40
     top_p: float = 0.95

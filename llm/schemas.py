@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -95,20 +96,46 @@ def _drop_titles(node: Any, in_properties: bool = False) -> Any:
     return {k: _drop_titles(v, in_properties=(k == "properties")) for k, v in node.items() if k != "title"}
 
 
-def without_pattern_and_length(node: Any) -> Any:
-    """``node`` with ``pattern`` removed wherever a string also has ``minLength`` / ``maxLength``.
+_CHAR_CLASS = re.compile(r"\\.|\[(?:\\.|[^\]\\])*\]")
+_UNBOUNDED = re.compile(r"[*+]|\{\d*,\}")
+
+
+def pattern_is_bounded(pattern: str) -> bool:
+    """True when no match of ``pattern`` is longer than some fixed length: anchored at both ends (a
+    JSON-schema pattern is a search, so ``^x`` matches ``xyz...``), no top-level alternation that could
+    drop an anchor, and every repetition bounded (``{m,n}``, ``?``; no ``*``, ``+`` or ``{m,}``
+    outside a character class or an escape)."""
+    core = _CHAR_CLASS.sub("x", pattern)
+    if not (core.startswith("^") and core.endswith("$")) or _UNBOUNDED.search(core):
+        return False
+    depth = 0
+    for ch in core:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "|" and depth == 0:
+            return False
+    return True
+
+
+def for_xgrammar(node: Any) -> Any:
+    """``node`` with at most one of ``pattern`` and ``minLength`` / ``maxLength`` on each string.
 
     vLLM's xgrammar backend (0.32) rejects a string schema that has both ("features not supported by
-    xgrammar", HTTP 400). The length bound is what keeps constrained decoding finite, so it stays;
-    the pattern is still checked, because every answer is validated against the pydantic schema
-    client-side and a mismatch is retried like any invalid answer."""
+    xgrammar", HTTP 400). A pattern whose repetitions are all bounded is the stronger constraint and
+    is finite by itself, so it is kept and the lengths go; otherwise the length bound is what keeps
+    constrained decoding finite, so it stays and the pattern goes. Either way every answer is still
+    validated against the pydantic schema client-side, and a mismatch is retried like any invalid
+    answer."""
     if isinstance(node, list):
-        return [without_pattern_and_length(x) for x in node]
+        return [for_xgrammar(x) for x in node]
     if not isinstance(node, dict):
         return node
-    out = {k: without_pattern_and_length(v) for k, v in node.items()}
+    out = {k: for_xgrammar(v) for k, v in node.items()}
     if "pattern" in out and ("minLength" in out or "maxLength" in out):
-        del out["pattern"]
+        if pattern_is_bounded(out["pattern"]):
+            out.pop("minLength", None)
+            out.pop("maxLength", None)
+        else:
+            del out["pattern"]
     return out
 
 

@@ -41,6 +41,11 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from llm.errors import LLMConfigError
 
+#: completion limit: above the worst case of the largest schema a model fills (the expert's: 15 tags
+#: of up to ``agents.expert.TAG_MAX_CHARS`` plus its intents, about 700 tokens), so a bounded answer
+#: is never cut off
+DEFAULT_MAX_TOKENS = 1024
+
 Backend = Literal["local", "openai", "scripted"]
 
 #: the LoRA adapter shipped for the embedded SmolLM2-135M-Instruct (``llm/adapters/MODEL_CARD.md``)
@@ -102,7 +107,7 @@ class LLMSettings(BaseSettings):
     parallel_sequences: int = Field(default=4, ge=1, le=16)
     seed: int = 42
     temperature: float = Field(default=0.2, ge=0.0, le=2.0)
-    max_tokens: int = Field(default=512, ge=1)
+    max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1)
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
     concurrency: int | None = Field(default=None, ge=1)

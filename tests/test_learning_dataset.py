@@ -24,6 +24,7 @@ from learning.dataset import (
     target_json,
     type_complement,
 )
+from learning.reward import RewardConfig
 from llm.local import LocalChatModel
 from runlog.store import RunLog
 from tests.graph_fakes import FakeRetriever, make_model
@@ -71,7 +72,8 @@ def test_targets_are_valid_expert_answers_from_the_enum(built):
     rows, _ = built
     for r in (r for r in built[0] if r["meta"]["stage"] == "task"):
         answer = json.loads(r["completion"][0]["content"])
-        assert 1 <= len(answer["tags"]) <= 15 and len(answer["tags"]) == r["meta"]["targets"]
+        # as long as the reward's length gate asks (RewardConfig.min_tags), so SFT teaches passing lists
+        assert RewardConfig().min_tags <= len(answer["tags"]) <= 15 and len(answer["tags"]) == r["meta"]["targets"]
         assert {t["tag"] for t in answer["tags"]} <= set(r["meta"]["vocabulary"])
         expert_schema(15, tuple(r["meta"]["vocabulary"])).model_validate(answer)
     # the K personas of a user learn different lists
@@ -124,6 +126,14 @@ def test_persona_split_own_category_first_then_new_round_robin():
                    [("whole milk", False), ("green tea", True)]]
     assert persona_targets(personas, ["Bakery", "Dairy"], bought, per_persona=1) == [[("white bread", False)],
                                                                                      [("whole milk", False)]]
+    # topped up to the length gate from the other bought types, new categories first, no repeats
+    got = persona_targets(personas, ["Bakery", "Dairy"], bought, per_persona=15, min_per_persona=4)
+    assert got[0] == [("white bread", False), ("potato chips", True), ("tomato salsa", False), ("green tea", True)]
+    assert got[1] == [("whole milk", False), ("green tea", True), ("potato chips", True), ("white bread", False)]
+    # never above per_persona, and a household with fewer types than the gate gives what it has
+    assert all(len(t) <= 3 for t in persona_targets(personas, ["Bakery", "Dairy"], bought, per_persona=3,
+                                                     min_per_persona=5))
+    assert len(persona_targets(personas[:1], ["Bakery"], bought[:2], per_persona=15, min_per_persona=5)[0]) == 2
 
 
 def test_target_json_is_checked_against_the_enum():

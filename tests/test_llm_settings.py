@@ -29,7 +29,7 @@ def clean_env(monkeypatch):
 def test_defaults():
     s = LLMSettings()
     assert s.backend == "local" and s.structured_method == "auto" and s.vllm is False
-    assert s.temperature == 0.2 and s.max_tokens == 512 and s.n_ctx == 8192 and s.max_retries == 2
+    assert s.temperature == 0.2 and s.max_tokens == 1024 and s.n_ctx == 8192 and s.max_retries == 2
     assert s.api_key_value()  # a placeholder, the openai client insists on one
     assert s.public_dict()["api_key"] is None
 

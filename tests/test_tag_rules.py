@@ -118,3 +118,20 @@ def test_upcoming_holidays():
     assert upcoming_holidays(date(2017, 4, 20)) == ["Cinco de Mayo (May 05)", "Mother's Day (May 14)"]
     # Christmas is 35 days after Nov 20
     assert Environment.at("2017-11-20").holidays == ["Thanksgiving (Nov 23)", "Black Friday (Nov 24)"]
+
+
+def test_the_bounded_tag_pattern_keeps_every_catalogue_phrase(cj):
+    """TAG_PATTERN bounds each word (so vLLM can take the pattern alone); the bound loses no
+    completejourney product-type phrase that the unbounded form of the same rule accepts."""
+    from agents.expert import TAG_MAX_CHARS, TAG_WORD_CHARS
+    from tools.tag_stats import product_type
+
+    unbounded = re.compile(r"^[A-Za-z][A-Za-z'-]*( [A-Za-z][A-Za-z'-]*){1,3}$")
+    phrases = {re.sub(r"\s+", " ", re.sub(r"[^a-z' -]", " ", (t or "").split(",")[0].lower())).strip()
+               for t in cj.items["title"].to_list()}
+    fits = {p for p in phrases if unbounded.match(p)}
+    assert len(fits) > 1000
+    assert {p for p in fits if product_type(p) is None} == set()
+    assert max(len(w) for p in fits for w in p.split()) <= TAG_WORD_CHARS
+    assert not re.fullmatch(TAG_PATTERN, "a" * (TAG_WORD_CHARS + 1) + " milk")
+    assert re.fullmatch(TAG_PATTERN, " ".join(["a" * TAG_WORD_CHARS] * 4)) and TAG_MAX_CHARS == 4 * TAG_WORD_CHARS + 3
