@@ -169,11 +169,7 @@ class ParallelDecoder:
             raise ValueError(f"a round holds 1..{self.n_seq_max} requests, not {len(reqs)}")
         t0 = time.perf_counter()
         lib, mem = self._lib, self._mem()
-        shared = min(len(r.tokens) for r in reqs) - 1  # every sequence evaluates at least its last token
-        for r in reqs[1:]:
-            shared = min(shared, common_prefix(reqs[0].tokens, r.tokens))
-        shared = max(shared, 0)
-        need = shared + sum(len(r.tokens) - shared + r.max_tokens for r in reqs)
+        shared, need = kv_cells(reqs)
         if need > self.n_ctx:
             raise ContextLengthError(f"{len(reqs)} prompts need {need} KV cells, more than n_ctx={self.n_ctx}")
         reuse = common_prefix(self.cached, reqs[0].tokens[:shared])
@@ -247,6 +243,26 @@ def common_prefix(a: Any, b: Any) -> int:
     return int(diff[0]) if len(diff) else n
 
 
+def kv_cells(reqs: list[SeqRequest]) -> tuple[int, int]:
+    """(shared prefix length, KV cells) for decoding ``reqs`` as one round: the common prefix once,
+    then each request's suffix and its ``max_tokens``."""
+    shared = min(len(r.tokens) for r in reqs) - 1  # every sequence evaluates at least its last token
+    for r in reqs[1:]:
+        shared = min(shared, common_prefix(reqs[0].tokens, r.tokens))
+    shared = max(shared, 0)
+    return shared, shared + sum(len(r.tokens) - shared + r.max_tokens for r in reqs)
+
+
+def fitting_round(queue: list[SeqRequest], n_seq_max: int, n_ctx: int) -> int:
+    """How many requests from the head of ``queue`` one round takes: at most ``n_seq_max``, and no
+    more than fit ``n_ctx`` together (concurrent calls of different users share no prefix). The first
+    always goes, so a request too long on its own gets its own ``ContextLengthError``."""
+    n = min(len(queue), n_seq_max)
+    while n > 1 and kv_cells(queue[:n])[1] > n_ctx:
+        n -= 1
+    return n
+
+
 class SequenceBatcher:
     """Collects concurrent calls into rounds of :class:`ParallelDecoder` (see the module docstring)."""
 
@@ -268,7 +284,8 @@ class SequenceBatcher:
                     break
                 self._gather()
                 with self._queue_lock:
-                    round_, self._queue = self._queue[:self.decoder.n_seq_max], self._queue[self.decoder.n_seq_max:]
+                    n = fitting_round(self._queue, self.decoder.n_seq_max, self.decoder.n_ctx) if self._queue else 0
+                    round_, self._queue = self._queue[:n], self._queue[n:]
                 if not round_:
                     continue
                 try:
@@ -297,4 +314,4 @@ class SequenceBatcher:
             n = now
 
 
-__all__ = ["ParallelDecoder", "SeqRequest", "SequenceBatcher", "common_prefix", "sample"]
+__all__ = ["ParallelDecoder", "SeqRequest", "SequenceBatcher", "common_prefix", "fitting_round", "kv_cells", "sample"]

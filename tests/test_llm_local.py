@@ -285,3 +285,43 @@ def test_parallel_path_reuses_the_prefix_and_gives_the_cold_output(model):
     warm = model.invoke(ask, max_tokens=8)
     assert warm.usage_metadata["input_token_details"]["cache_read"] >= model.count_tokens(SHARED.content)
     assert warm.content == cold.content
+
+
+def test_concurrent_calls_that_do_not_fit_one_context_are_split_into_rounds(model):
+    """Calls of different users share no prefix: three ~800-token prompts with their ``max_tokens``
+    do not fit one 2,048-cell context together, so they go as rounds that fit (they all failed with a
+    ContextLengthError when the batcher put them in one round)."""
+    from llm.parallel import SeqRequest, fitting_round, kv_cells
+
+    def long_ask(i: int) -> list:
+        body = " | ".join(f"week {w}: household {i} bought item {i * 100 + w}, whole milk" for w in range(45))
+        return [SystemMessage(f"Household {i}. " + body), HumanMessage("Three grocery tags.")]
+
+    asks = [long_ask(i) for i in range(3)]
+    sizes = [model.count_tokens(a[0].content) for a in asks]
+    assert all(600 < n < 1000 for n in sizes), sizes
+    batcher = model.loaded().batcher(model.parallel_sequences)
+    rounds = len(batcher.round_sizes)
+    results: list = [None] * 3
+    errors: list = []
+
+    def run(i: int) -> None:
+        try:
+            results[i] = structured_call(model, Tags, asks[i])
+        except Exception as e:  # noqa: BLE001 - the test asserts there is none
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert all(isinstance(r.value, Tags) for r in results)
+    assert sum(batcher.round_sizes[rounds:]) >= 3 and max(batcher.round_sizes[rounds:]) <= 2
+
+    # the rule itself: the head of the queue, as many as fit; the first always goes
+    reqs = [SeqRequest(tokens=[i] * 800, max_tokens=48) for i in range(1, 4)]
+    assert kv_cells(reqs[:2]) == (0, 2 * 848)
+    assert fitting_round(reqs, 4, 2048) == 2 and fitting_round(reqs, 4, 4096) == 3 and fitting_round(reqs, 1, 4096) == 1
+    assert fitting_round([SeqRequest(tokens=[1] * 5000)], 4, 2048) == 1
