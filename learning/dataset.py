@@ -44,8 +44,8 @@ from agents.expert import MAX_INTENTS, expert_schema, expert_variables
 from behavior.schema import Dataset
 from graphs.prepare import prepare_user
 from graphs.recommend import top_categories
-from learning.reward import RewardConfig
 from judges.personas import category_personas
+from learning.reward import RewardConfig
 from prompts.registry import PromptRegistry
 from tools.tag_stats import MIN_SUPPORT, TagStats, product_type, type_lift
 
