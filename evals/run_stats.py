@@ -13,10 +13,21 @@ def _round(x: float | None, nd: int = 4) -> float | None:
     return None if x is None else round(x, nd)
 
 
+#: how many distinct failed-call messages ``call_stats`` reports, most frequent first
+ERROR_KINDS = 5
+
+
+def error_head(error: str, width: int = 160) -> str:
+    """A failed call's message cut to its first line, so that equal failures count together."""
+    lines = str(error).strip().splitlines()
+    first = lines[0] if lines else "(empty error)"
+    return first if len(first) <= width else first[:width - 1] + "…"
+
+
 def call_stats(store: Any, run_ids: Sequence[str]) -> dict[str, Any]:
     """The model calls of ``run_ids`` from the run log: structured calls that parsed, failed calls,
-    calls that needed a retry, the most frequent failure messages per node, tokens, the runs' statuses (``ok:fallback`` marks a run that used a
-    documented fallback, e.g. category personas after the planner failed) and wall times."""
+    calls that needed a retry, the most frequent failure messages per node, tokens, the runs'
+    statuses (``ok:fallback`` marks a run that used a documented fallback, e.g. category personas after the planner failed) and wall times."""
     n = failed = unparsed = retried = gen = prompt = 0
     walls, starts, ends = [], [], []
     statuses: Counter[str] = Counter()
@@ -31,8 +42,8 @@ def call_stats(store: Any, run_ids: Sequence[str]) -> dict[str, Any]:
             ends.append(datetime.fromisoformat(run["ended_at"]))
         for c in store.calls(rid):
             n += 1
-            failed += bool(c.get("error"))
             if c.get("error"):
+                failed += 1
                 errors[f"{c.get('node')}: {error_head(c['error'])}"] += 1
             unparsed += not c.get("error") and c.get("parsed") is None
             retried += (c.get("attempts") or 1) > 1
@@ -47,16 +58,6 @@ def call_stats(store: Any, run_ids: Sequence[str]) -> dict[str, Any]:
             "wall_s_max": _round(max(walls), 1) if walls else None,
             "span_s": _round(span, 1), "users_per_min": _round(len(run_ids) / span * 60, 3) if span else None,
             "errors": dict(errors.most_common(ERROR_KINDS))}
-
-
-#: how many distinct failed-call messages ``call_stats`` reports, most frequent first
-ERROR_KINDS = 5
-
-
-def error_head(error: str, width: int = 160) -> str:
-    """A failed call's message cut to its first line, so that equal failures count together."""
-    first = str(error).strip().splitlines()[0] if str(error).strip() else "(empty error)"
-    return first if len(first) <= width else first[:width - 1] + "…"
 
 
 def percentile(xs: Sequence[float], q: float) -> float | None:

@@ -29,7 +29,7 @@ def unbounded(node: Any, path: str = "$") -> list[str]:
     out: list[str] = []
     if isinstance(node, dict):
         kind = node.get("type")
-        bounded = "maxLength" in node or pattern_is_bounded(node.get("pattern") or "*")
+        bounded = "maxLength" in node or ("pattern" in node and pattern_is_bounded(node["pattern"]))
         if kind == "string" and not ({"enum", "const"} & node.keys()) and not bounded:
             out.append(f"{path}: string without maxLength or a bounded pattern")
         if kind == "array" and "maxItems" not in node:

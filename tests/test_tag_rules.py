@@ -124,11 +124,10 @@ def test_the_bounded_tag_pattern_keeps_every_catalogue_phrase(cj):
     """TAG_PATTERN bounds each word (so vLLM can take the pattern alone); the bound loses no
     completejourney product-type phrase that the unbounded form of the same rule accepts."""
     from agents.expert import TAG_MAX_CHARS, TAG_WORD_CHARS
-    from tools.tag_stats import product_type
+    from tools.tag_stats import product_type, title_phrase
 
     unbounded = re.compile(r"^[A-Za-z][A-Za-z'-]*( [A-Za-z][A-Za-z'-]*){1,3}$")
-    phrases = {re.sub(r"\s+", " ", re.sub(r"[^a-z' -]", " ", (t or "").split(",")[0].lower())).strip()
-               for t in cj.items["title"].to_list()}
+    phrases = {title_phrase(t) for t in cj.items["title"].to_list()}
     fits = {p for p in phrases if unbounded.match(p)}
     assert len(fits) > 1000
     assert {p for p in fits if product_type(p) is None} == set()

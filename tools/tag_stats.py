@@ -60,10 +60,16 @@ class Candidate:
     why: str
 
 
+def title_phrase(title: str | None) -> str:
+    """An item title's first part, lower-cased, with anything but letters, apostrophes and hyphens
+    turned into single spaces."""
+    phrase = re.sub(r"[^a-z' -]", " ", (title or "").split(",")[0].lower())
+    return re.sub(r"\s+", " ", phrase).strip()
+
+
 def product_type(title: str | None) -> str | None:
     """The catalogue phrase of an item title, or None when it is not 2–4 plain words."""
-    phrase = re.sub(r"[^a-z' -]", " ", (title or "").split(",")[0].lower())
-    phrase = re.sub(r"\s+", " ", phrase).strip()
+    phrase = title_phrase(title)
     return phrase if _TAG_RE.match(phrase) else None
 
 
