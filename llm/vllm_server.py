@@ -226,7 +226,7 @@ def server_command(home: VllmHome, *, port: int, max_model_len: int = DEFAULT_MA
 
 
 def server_env(home: VllmHome, *, kv_cache_gib: int = DEFAULT_KV_CACHE_GIB,
-               threads_bind: str | None = None) -> dict[str, str]:
+               threads_bind: str | None = None, dev_mode: bool = False) -> dict[str, str]:
     cache, tmp = home.root / "cache", home.root / "tmp"
     cache.mkdir(parents=True, exist_ok=True)
     tmp.mkdir(parents=True, exist_ok=True)
@@ -237,6 +237,8 @@ def server_env(home: VllmHome, *, kv_cache_gib: int = DEFAULT_KV_CACHE_GIB,
                 "DO_NOT_TRACK": "1"})
     if threads_bind:
         env["VLLM_CPU_OMP_THREADS_BIND"] = threads_bind
+    if dev_mode:  # vLLM's development endpoints, among them POST /reset_prefix_cache (loopback only)
+        env["VLLM_SERVER_DEV_MODE"] = "1"
     return env
 
 
@@ -246,7 +248,7 @@ class VllmServer:
     def __init__(self, home: VllmHome | None = None, *, port: int | None = None,
                  max_model_len: int = DEFAULT_MAX_MODEL_LEN, kv_cache_gib: int = DEFAULT_KV_CACHE_GIB,
                  ready_timeout_s: float = 300, dtype: str | None = None, threads_bind: str | None = None,
-                 extra_args: Sequence[str] = ()):
+                 extra_args: Sequence[str] = (), dev_mode: bool = False):
         self.home = home or VllmHome.default()
         self.port = port or free_port()
         self.max_model_len = max_model_len
@@ -255,6 +257,7 @@ class VllmServer:
         self.extra_args = tuple(extra_args)
         self.dtype = dtype or default_dtype()
         self.threads_bind = threads_bind or default_threads_bind()
+        self.dev_mode = dev_mode
         self.proc: subprocess.Popen | None = None
         self.ready_s: float | None = None
 
@@ -276,7 +279,7 @@ class VllmServer:
         with open(self.log, "wb") as fh:  # a file, not a pipe: vLLM's start-up log would fill a pipe
             self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=server_env(self.home, kv_cache_gib=self.kv_cache_gib,
-                                                        threads_bind=self.threads_bind),
+                                                        threads_bind=self.threads_bind, dev_mode=self.dev_mode),
                                          start_new_session=True)
         try:
             wait_http(f"{self.base_url}/models", self.ready_timeout_s, self.proc, name="vLLM server", log=self.log)
@@ -381,6 +384,19 @@ def read_metrics(base_url: str, timeout_s: float = 5.0) -> dict[str, float]:
             except ValueError:
                 continue
     return out
+
+
+def reset_prefix_cache(base_url: str, timeout_s: float = 30.0) -> None:
+    """Empty the server's prefix cache (``POST /reset_prefix_cache``, served only by a server started
+    with ``dev_mode``); raises when the server refuses, so a benchmark never runs on a warm cache
+    it believes empty."""
+    import httpx
+
+    root = base_url.removesuffix("/v1")
+    r = httpx.post(f"{root}/reset_prefix_cache", timeout=timeout_s)
+    if r.status_code != 200:
+        raise IntentRecError(f"vLLM at {root} did not reset its prefix cache: HTTP {r.status_code} {r.text[:200]!r}"
+                             " (the endpoint needs a server started with VLLM_SERVER_DEV_MODE=1)")
 
 
 def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:

@@ -82,6 +82,14 @@ def test_throughput_table_speedup_and_efficiency():
     assert t["by_concurrency"]["2"]["speedup"] == 1.9 and t["by_concurrency"]["4"]["efficiency"] == 0.75
 
 
+def test_level_users_warm_up_apart_and_paired_or_distinct():
+    pool = [str(i) for i in range(10)]
+    warm, levels = bs.level_users(pool[:4], [1, 3], paired=True)
+    assert warm == "0" and levels == [["1"], ["1", "2", "3"]]  # the same users, the warm-up never timed
+    warm, levels = bs.level_users(pool[:5], [1, 3], paired=False)
+    assert warm == "0" and levels == [["1"], ["2", "3", "4"]]
+
+
 def test_vllm_target_is_users_per_min_at_8_over_1():
     def block(c1: float, c8: float) -> dict:
         return {"sections": {"throughput": {"vllm": bs.throughput_table(

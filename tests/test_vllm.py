@@ -47,7 +47,7 @@ def server():
     home = VllmHome.default()
     require_ready(home)  # a clear failure naming 'python app.py llm vllm setup', never a skip
     forget_detected_methods()
-    srv = VllmServer(home, max_model_len=4096)
+    srv = VllmServer(home, max_model_len=4096, dev_mode=True)  # dev mode: the bench's prefix-cache reset
     srv.start()
     try:
         yield srv
@@ -93,6 +93,27 @@ def test_the_open_vocabulary_expert_schema_is_enforced_by_the_server(server):
     res = structured_call(model, expert_schema(2, None), msgs, max_attempts=1)
     assert 1 <= len(res.value.tags) <= 2 and all(re.fullmatch(TAG_PATTERN, t.tag) for t in res.value.tags)
     assert res.record.attempts == 1
+
+
+def test_the_prefix_cache_reset_empties_vllms_cache(server):
+    """``bench system`` runs the same users at every concurrency level and empties the cache in
+    between; a repeated prompt hits the cache before the reset and misses it after."""
+    import httpx
+
+    from llm.vllm_server import metrics_delta, read_metrics, reset_prefix_cache
+
+    body = {"model": SERVED_MODEL, "max_tokens": 2,
+            "messages": [{"role": "user", "content": " ".join(f"word{i}" for i in range(400))}]}
+
+    def hits() -> int:
+        before = read_metrics(server.base_url)
+        httpx.post(f"{server.base_url}/chat/completions", json=body, timeout=120).raise_for_status()
+        return metrics_delta(before, read_metrics(server.base_url))["prefix_cache_hits"]
+
+    hits()
+    assert hits() > 400  # the repeated prompt is served from the cache
+    reset_prefix_cache(server.base_url)
+    assert hits() == 0
 
 
 def test_a_prompt_longer_than_vllms_default_token_budget_with_a_seed(server):
