@@ -96,10 +96,18 @@ def test_vllm_target_is_users_per_min_at_8_over_1():
             {1: {"users_per_min": c1}, 2: {"users_per_min": c1 * 1.5}, 8: {"users_per_min": c8}})}}}
 
     t = bs.targets(block(1.0, 2.6))["vllm_throughput_c8_over_c1"]
-    assert t["measured"] == 2.6 and t["pass"] is True
+    assert t["measured"] == 2.6 and t["pass"] is True and t["per_generated_token"] is None  # no token counts
     t = bs.targets(block(2.0, 4.0))["vllm_throughput_c8_over_c1"]
     assert t["measured"] == 2.0 and t["pass"] is False
     assert bs.targets({"sections": {}})["vllm_throughput_c8_over_c1"] == {"measured": None, "pass": None}
+
+
+def test_vllm_target_also_reports_the_ratio_per_generated_token():
+    levels = {c: {"users_per_min": upm, "failed": 0,
+                  "runs": {"failed_calls": 0, "unparsed_calls": 0, "completion_tokens_per_user": tok}}
+              for c, upm, tok in ((1, 2.0, 400.0), (8, 6.0, 300.0))}
+    t = bs.targets({"sections": {"throughput": {"vllm": bs.throughput_table(levels)}}})["vllm_throughput_c8_over_c1"]
+    assert t["measured"] == 3.0 and t["per_generated_token"] == 2.25 and t["pass"] is True
 
 
 def test_vllm_target_fails_when_any_level_had_failed_users_or_invalid_calls():
