@@ -366,12 +366,16 @@ METRICS = ("prompt_tokens_total", "generation_tokens_total", "prefix_cache_queri
            "request_success_total")
 
 
+def _root(base_url: str) -> str:
+    """The server's own address (its ``/metrics`` and dev endpoints sit beside ``/v1``)."""
+    return base_url.removesuffix("/v1")
+
+
 def read_metrics(base_url: str, timeout_s: float = 5.0) -> dict[str, float]:
     """vLLM's counters from ``/metrics`` (summed over labels): tokens, prefix-cache hits, requests."""
     import httpx
 
-    root = base_url.removesuffix("/v1")
-    text = httpx.get(f"{root}/metrics", timeout=timeout_s).text
+    text = httpx.get(f"{_root(base_url)}/metrics", timeout=timeout_s).text
     out = dict.fromkeys(METRICS, 0.0)
     for line in text.splitlines():
         if not line.startswith("vllm:"):
@@ -392,7 +396,7 @@ def reset_prefix_cache(base_url: str, timeout_s: float = 30.0) -> None:
     it believes empty."""
     import httpx
 
-    root = base_url.removesuffix("/v1")
+    root = _root(base_url)
     r = httpx.post(f"{root}/reset_prefix_cache", timeout=timeout_s)
     if r.status_code != 200:
         raise IntentRecError(f"vLLM at {root} did not reset its prefix cache: HTTP {r.status_code} {r.text[:200]!r}"
