@@ -9,8 +9,14 @@ choices this made; the figures are recorded in ``docs/retrieval.md``.
 
     python -m evals.retrieval_tuning --epochs 1 --out tuning.json
     python -m evals.retrieval_tuning --sasrec --epochs 12 --out sasrec-epochs.json
+    python -m evals.retrieval_tuning --build-cost --out build-cost.json
 
 SASRec's epoch count is chosen the same way: validation Recall@50 after each epoch.
+
+``--build-cost`` chooses the cheaper tower training of the cold build ([2/7]): each build in
+``COST_GRID`` is trained as of T_val, timed, and evaluated with the default serving settings (and
+collaborative-only); the choice is the fastest build whose validation Recall@50 and explore-Recall@50
+(fused) both reach ``COST_TOLERANCE`` of the reference build (the earlier default: 3 epochs, batch 1024).
 """
 
 from __future__ import annotations
@@ -69,6 +75,45 @@ def run(dataset: str = "completejourney", epochs: int = 1, k: int = 50, beta: fl
             "beta": beta, "rows": rows, "best": best}
 
 
+#: Tower training settings tried for the cold build; the first is the reference (the earlier default).
+COST_GRID = [{"epochs": 3, "batch_size": 1024, "lr": 1e-3}, {"epochs": 2, "batch_size": 1024, "lr": 1e-3},
+             {"epochs": 1, "batch_size": 1024, "lr": 1e-3}, {"epochs": 1, "batch_size": 4096, "lr": 2e-3}]
+#: A cheaper build must keep this share of the reference's validation recall (overall and explore).
+COST_TOLERANCE = 0.98
+
+
+def cheapest_within(rows: list[dict], tolerance: float = COST_TOLERANCE) -> dict:
+    """The row with the least training time whose fused validation recall (overall and explore) keeps
+    ``tolerance`` of the first row's (the reference build)."""
+    ref = rows[0]["fused"]
+    ok = [r for r in rows if r["fused"]["all"] >= tolerance * ref["all"] and r["fused"]["explore"] >= tolerance * ref["explore"]]
+    return min(ok, key=lambda r: r["train_seconds"])
+
+
+def build_cost(dataset: str = "completejourney", k: int = 50, threads: int | None = None,
+               grid: list[dict] | None = None) -> dict:
+    """Validation recall against training time for each tower-training setting of ``grid``."""
+    ds = load_dataset(dataset)
+    split = make_split(ds, validation_protocol(ds))
+    base = RetrievalSettings()
+    tags = user_tags(split, ds, 10)
+    rows = []
+    for build in grid or COST_GRID:
+        settings = RetrievalSettings(cutoff=split.cutoff, num_threads=threads, **build)
+        r = load_or_build_retriever(ds, settings, progress=False)
+        row = {"build": build, "build_seconds": r.config.get("build_seconds"),
+               "train_seconds": round(sum(e["seconds"] for e in r.config["train"]["epochs"]), 1),
+               "text_embedding_seconds": r.config.get("text_embedding_seconds")}
+        for name, beta in (("fused", base.beta), ("collab", 1.0)):
+            m = evaluate_lists(intentrec_lists(r, split, tags, k, beta), split.relevant, [k], split.category_of,
+                               split.head, len(split.catalogue))
+            row[name] = {"all": round(m[f"recall@{k}/all"], 4), "explore": round(m[f"recall@{k}/explore"], 4)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return {"validation_cutoff": split.cutoff.isoformat(), "users": len(split.users), "k": k,
+            "tolerance": COST_TOLERANCE, "rows": rows, "best": cheapest_within(rows)}
+
+
 def sasrec_epochs(dataset: str = "completejourney", max_epochs: int = 12, k: int = 50) -> dict:
     """Validation Recall@50 of SASRec after each epoch (to choose the epoch count for the test run)."""
     from evals.sasrec import SASRecConfig, sasrec_recommend, train_sasrec
@@ -92,22 +137,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="completejourney")
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: 1; the cores for --build-cost)")
     ap.add_argument("--tag-logq", type=float, nargs="*", default=None)
     ap.add_argument("--out", default=None)
     ap.add_argument("--sasrec", action="store_true", help="choose SASRec's epoch count instead")
+    ap.add_argument("--build-cost", action="store_true", help="choose the tower training of the cold build instead")
     a = ap.parse_args()
+    if a.build_cost:
+        res = build_cost(a.dataset, threads=a.threads)
+        if a.out:
+            with open(a.out, "w", encoding="utf-8") as f:
+                f.write(json.dumps(res, indent=1))
+        print(json.dumps(res["best"]))
+        return
     if a.sasrec:
         import torch
 
-        torch.set_num_threads(a.threads)
+        torch.set_num_threads(a.threads or 1)
         res = sasrec_epochs(a.dataset, max_epochs=max(a.epochs, 2))
         if a.out:
             with open(a.out, "w", encoding="utf-8") as f:
                 f.write(json.dumps(res, indent=1))
         print(json.dumps(res))
         return
-    res = run(a.dataset, epochs=a.epochs, threads=a.threads,
+    res = run(a.dataset, epochs=a.epochs, threads=a.threads or 1,
               build_values={"tag_logq": a.tag_logq} if a.tag_logq else None)
     text = json.dumps(res, indent=1)
     if a.out:

@@ -54,9 +54,10 @@ class RetrievalSettings(BaseModel):
         "items by p(item|tag) (popular first), 0 by pointwise mutual information (specific, long-tail first)")
 
     # ----- optimisation ---------------------------------------------------------------------------
-    #: 3 passes: the setting whose recall docs/retrieval.md measured. One pass halves the cold build
-    #: (5 min 06 s on 2 cores) but its recall has not been measured yet (``eval retrieval --epochs 1``)
-    epochs: int = Field(3, ge=1)
+    #: 2 passes: chosen on the validation split by ``python -m evals.retrieval_tuning --build-cost`` (the
+    #: cheapest tower training that keeps the 3-pass build's validation recall; one pass lost explore
+    #: recall, a 4x batch was slower per sample). Figures in docs/retrieval.md
+    epochs: int = Field(2, ge=1)
     batch_size: int = Field(1024, ge=2)
     lr: float = Field(1e-3, gt=0.0)
     seed: int = 42

@@ -66,3 +66,15 @@ def test_checks_and_notes_carry_the_numbers(report):
     h = report["details"]["hisac"]
     assert 1 <= h["agents_per_user"] <= 4 and h["compression_ratio"] > 1
     assert h["semantic_ids"] == "tree"  # completejourney has department > category
+
+
+def test_the_cold_build_choice_takes_the_cheapest_training_that_keeps_the_reference_recall():
+    from evals.retrieval_tuning import cheapest_within
+
+    def row(name, seconds, all_, explore):
+        return {"build": name, "train_seconds": seconds, "fused": {"all": all_, "explore": explore}}
+
+    ref, two, one = row("3", 330, 0.2250, 0.0039), row("2", 227, 0.2250, 0.0041), row("1", 110, 0.2251, 0.0037)
+    assert cheapest_within([ref, two, one])["build"] == "2"  # one epoch lost explore recall beyond 2%
+    assert cheapest_within([ref, two, one], tolerance=0.9)["build"] == "1"
+    assert cheapest_within([ref, row("big", 440, 0.2248, 0.0035)])["build"] == "3"  # the reference always qualifies
