@@ -56,8 +56,10 @@ def train_sft_cmd(
     max_steps: int = typer.Option(None, "--max-steps", min=1, help="Stop after this many optimiser steps."),
     epochs: int = typer.Option(1, "--epochs", min=1),
     layers: int = typer.Option(8, "--layers", min=1, help="LoRA on the top this many blocks."),
-    max_len: int = typer.Option(1024, "--max-len", min=16, help="Longer rows are skipped (counted)."),
+    max_len: int = typer.Option(4096, "--max-len", min=16, help="Longer rows are skipped (counted)."),
     lr: float = typer.Option(2e-4, "--lr"),
+    prompt_grad: str = typer.Option("frozen", "--prompt-grad", help="frozen: the prompt runs once per shared "
+                                    "prefix, without gradient (fast); full: the exact gradient through it too."),
     grad_accum: int = typer.Option(4, "--grad-accum", min=1),
     threads: int = typer.Option(None, "--threads", min=1, help="torch threads (default: torch's)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
@@ -71,13 +73,16 @@ def train_sft_cmd(
 
     if stage not in ("all", "curriculum", "task"):
         raise typer.BadParameter("--stage must be all, curriculum or task")
+    if prompt_grad not in ("frozen", "full"):
+        raise typer.BadParameter("--prompt-grad must be frozen or full")
     from learning.dataset import read_jsonl
 
     rows = read_jsonl(data)
     if stage != "all":
         rows = [r for r in rows if r.get("meta", {}).get("stage") == stage]
     cfg = SFTConfig(out_dir=out, max_steps=max_steps, epochs=epochs, layers=layers, max_len=max_len, lr=lr,
-                    grad_accum=grad_accum, threads=threads, seed=seed, init_adapter=init_adapter)
+                    grad_accum=grad_accum, threads=threads, seed=seed, init_adapter=init_adapter,
+                    prompt_grad=prompt_grad)
     res = train_sft(rows, cfg, resume=resume, progress=not as_json)
     _emit({**res.as_dict(), "rows_given": len(rows), "stage": stage}, as_json)
 

@@ -73,3 +73,35 @@ def test_init_adapter_starts_from_the_given_weights_with_a_fresh_schedule(rows, 
     fresh = load_file(str(tmp_path / "c" / "adapter_model.safetensors"))
     assert all(float(v.abs().max()) == 0 for k, v in fresh.items() if "lora_B" in k)
     assert scratch.losses[0] == pytest.approx(first_losses[0], rel=1e-4) and scratch.losses[0] > res.losses[0]
+
+
+def test_prefix_groups_join_consecutive_prompts_that_share_enough_tokens():
+    from learning.sft import prefix_groups
+
+    prompts = [[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 7], [9, 9], [1, 2, 3, 4]]
+    assert prefix_groups(prompts, 3) == [[0, 1], [2], [3], [4]]  # only neighbours join; [1,2,7] shares 2
+    assert prefix_groups(prompts, 2) == [[0, 1, 2], [3], [4]]
+    assert prefix_groups(prompts, 5) == [[0], [1], [2], [3], [4]]
+
+
+def test_the_frozen_prompt_pass_gives_the_full_loss_runs_a_shared_prefix_once_and_trains_the_adapter(rows):
+    import torch
+
+    from learning.sft import frozen_prompt_backward, lora_model
+
+    model, tok = load_base()
+    model = lora_model(model, SFTConfig(layers=2))
+    (ids0, lab0), (ids1, lab1) = (encode(r, tok, 4096) for r in rows)
+    n0 = sum(1 for x in lab0 if x == -100)
+    other = ids1[sum(1 for x in lab1 if x == -100):]
+    data = [(ids0, lab0), (ids0[:n0] + other, [-100] * n0 + other), (ids1, lab1)]  # rows 0 and 1: one prompt
+    with torch.no_grad():
+        full = [model(input_ids=torch.tensor([i]), labels=torch.tensor([lab])).loss.item() for i, lab in data]
+    model.zero_grad()
+    losses, evaluated = frozen_prompt_backward(model, data, min_shared=len(ids0[:n0]), bf16=False)
+    assert losses == pytest.approx(full, rel=1e-4)
+    n1 = sum(1 for x in lab1 if x == -100)
+    assert evaluated == n0 + len(ids0) - n0 + len(other) + len(ids1)  # the shared prompt ran once, row 2 alone
+    grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+    assert grads and all(g is not None for g in grads) and any(float(g.abs().max()) > 0 for g in grads)
+    assert n1 > 0
