@@ -133,6 +133,12 @@ def sasrec_epochs(dataset: str = "completejourney", max_epochs: int = 12, k: int
     return {"validation_cutoff": split.cutoff.isoformat(), "epochs": info["epochs"], "best_epoch": best["epoch"]}
 
 
+def _write(res: dict, out: str | None) -> None:
+    if out:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(json.dumps(res, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="completejourney")
@@ -145,9 +151,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.build_cost:
         res = build_cost(a.dataset, threads=a.threads)
-        if a.out:
-            with open(a.out, "w", encoding="utf-8") as f:
-                f.write(json.dumps(res, indent=1))
+        _write(res, a.out)
         print(json.dumps(res["best"]))
         return
     if a.sasrec:
@@ -155,17 +159,12 @@ def main() -> None:
 
         torch.set_num_threads(a.threads or 1)
         res = sasrec_epochs(a.dataset, max_epochs=max(a.epochs, 2))
-        if a.out:
-            with open(a.out, "w", encoding="utf-8") as f:
-                f.write(json.dumps(res, indent=1))
+        _write(res, a.out)
         print(json.dumps(res))
         return
     res = run(a.dataset, epochs=a.epochs, threads=a.threads or 1,
               build_values={"tag_logq": a.tag_logq} if a.tag_logq else None)
-    text = json.dumps(res, indent=1)
-    if a.out:
-        with open(a.out, "w", encoding="utf-8") as f:
-            f.write(text)
+    _write(res, a.out)
     print(json.dumps(res["best"]))
 
 

@@ -193,17 +193,18 @@ def train_sft(rows: Sequence[dict], config: SFTConfig, *, resume: bool = False, 
             res.tokens += sum(len(i) for i, _ in step_rows)
             res.evaluated_tokens += evaluated
             res.completion_tokens += sum(len(i) - _prompt_len(lab) for i, lab in step_rows)
-        for _ in range(config.grad_accum if config.prompt_grad == "full" else 0):
-            batch = [data[order[cursor + j]] for j in range(config.batch_size)]
-            cursor += config.batch_size
-            ids, mask, labels = _pad(batch, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-            outp = model(input_ids=ids, attention_mask=mask, labels=labels)
-            (outp.loss / config.grad_accum).backward()
-            loss_sum += outp.loss.item()
-            n_micro += 1
-            res.tokens += int(ids.numel())
-            res.evaluated_tokens += int(ids.numel())
-            res.completion_tokens += int((labels != -100).sum())
+        else:
+            for _ in range(config.grad_accum):
+                batch = [data[order[cursor + j]] for j in range(config.batch_size)]
+                cursor += config.batch_size
+                ids, mask, labels = _pad(batch, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+                outp = model(input_ids=ids, attention_mask=mask, labels=labels)
+                (outp.loss / config.grad_accum).backward()
+                loss_sum += outp.loss.item()
+                n_micro += 1
+                res.tokens += int(ids.numel())
+                res.evaluated_tokens += int(ids.numel())
+                res.completion_tokens += int((labels != -100).sum())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
@@ -268,8 +269,7 @@ def frozen_prompt_backward(model: Any, rows: Sequence[tuple[list[int], list[int]
     losses: list[float] = []
     evaluated = 0
     for group in prefix_groups(prompts, min_shared):
-        shared = min(len(prompts[i]) for i in group) if len(group) == 1 else \
-            min(_common_prefix(prompts[group[0]], prompts[i]) for i in group[1:])
+        shared = min(_common_prefix(prompts[group[0]], prompts[i]) for i in group)  # a lone row: all of it
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             pre = model(input_ids=torch.tensor([prompts[group[0]][:shared]]), use_cache=True, logits_to_keep=1)
         cache, last = pre.cache, pre.logits[:, -1:].float()
