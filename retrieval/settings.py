@@ -24,7 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 #: bump when a code change alters what a build produces, so cached builds are not reused across it
-BUILD_VERSION = 6
+BUILD_VERSION = 7
 
 SERVING_FIELDS = frozenset({"beta", "per_tag_quota", "overfetch", "num_threads", "tag_new_items_only", "merge",
                             "repeat_channel", "channel_split_path"})

@@ -78,9 +78,12 @@ class UserTower(nn.Module):
     def forward(self, users: torch.Tensor, histories: list[torch.Tensor]) -> torch.Tensor:
         parts = [self.user_emb(users)]
         for h in histories:
-            mask = (h > 0).unsqueeze(-1).float()
-            e = self.hist_item(h) + self.hist_leaf(self.leaf_of[h])
-            parts.append((e * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+            # mean of (item + leaf) embeddings over the valid events: two summing bags (padding rows are
+            # zero and get no gradient), without materialising the (B, L, id_dim) event tensor
+            count = (h > 0).sum(1, keepdim=True).clamp(min=1)
+            items = F.embedding_bag(h, self.hist_item.weight, mode="sum", sparse=True, padding_idx=0)
+            leaves = F.embedding_bag(self.leaf_of[h], self.hist_leaf.weight, mode="sum", padding_idx=0)
+            parts.append((items + leaves) / count)
         return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)
 
 
@@ -117,9 +120,18 @@ def sparse_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Par
 def inbatch_logits(queries: torch.Tensor, keys: torch.Tensor, *, temperature: float,
                    log_q: torch.Tensor | None = None) -> torch.Tensor:
     """``(B, B)`` in-batch scores ``q·k / τ``, with ``log_q`` (B,) subtracted from every column
-    (logQ correction)."""
-    logits = queries @ keys.T / temperature
-    return logits - log_q.unsqueeze(0) if log_q is not None else logits
+    (logQ correction). τ scales the ``(B, d)`` queries and the correction is added inside the product
+    (``addmm``), so neither costs a pass over the ``(B, B)`` matrix."""
+    q = queries / temperature
+    if log_q is None:
+        return q @ keys.T
+    return torch.addmm(-log_q.unsqueeze(0), q, keys.T)
+
+
+def _weighted_mean(loss: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    if weight is not None:
+        return (loss * weight).sum() / weight.sum().clamp(min=1e-8)
+    return loss.mean()
 
 
 def softmax_loss_from_logits(logits: torch.Tensor, positives: torch.Tensor, *, exclude: torch.Tensor | None = None,
@@ -134,15 +146,16 @@ def softmax_loss_from_logits(logits: torch.Tensor, positives: torch.Tensor, *, e
         log_norm = None
     if log_norm is None:
         log_norm = torch.logsumexp(logits, dim=1)
-    loss = log_norm - torch.logsumexp(logits.masked_fill(~positives, float("-inf")), dim=1)
-    if weight is not None:
-        return (loss * weight).sum() / weight.sum().clamp(min=1e-8)
-    return loss.mean()
+    return _weighted_mean(log_norm - torch.logsumexp(logits.masked_fill(~positives, float("-inf")), dim=1), weight)
 
 
-def inbatch_softmax_loss(queries: torch.Tensor, keys: torch.Tensor, positives: torch.Tensor, *,
-                         temperature: float, log_q: torch.Tensor | None = None,
-                         exclude: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`softmax_loss_from_logits` over :func:`inbatch_logits`."""
-    return softmax_loss_from_logits(inbatch_logits(queries, keys, temperature=temperature, log_q=log_q), positives,
-                                    exclude=exclude, weight=weight)
+def diagonal_softmax_loss(logits: torch.Tensor, *, exclude: torch.Tensor | None = None,
+                          weight: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`softmax_loss_from_logits` whose one positive per row is the diagonal (query *i* and key *i*
+    come from the same example): ``logsumexp_j s_ij − s_ii``, with no second masked pass over the
+    ``(B, B)`` matrix. ``exclude``: columns that are neither positive nor negative (its diagonal is ignored)."""
+    if exclude is not None:
+        mask = exclude.clone()
+        mask.fill_diagonal_(False)
+        logits = logits.masked_fill(mask, float("-inf"))
+    return _weighted_mean(torch.logsumexp(logits, dim=1) - logits.diagonal(), weight)

@@ -34,8 +34,8 @@ from retrieval.data import Interactions
 from retrieval.settings import RetrievalSettings
 from retrieval.towers import (
     ThreeTower,
+    diagonal_softmax_loss,
     inbatch_logits,
-    inbatch_softmax_loss,
     softmax_loss_from_logits,
     sparse_parameters,
 )
@@ -140,7 +140,7 @@ def train_towers(catalogue: Catalogue, inter: Interactions, text_table: np.ndarr
     rng = np.random.default_rng(settings.seed)
     model = make_model(catalogue, inter, text_table, settings)
     sparse, dense = sparse_parameters(model)
-    opts = [torch.optim.Adam(dense, lr=settings.lr)] + ([torch.optim.SparseAdam(sparse, lr=settings.lr)] if sparse else [])
+    opts = [torch.optim.Adam(dense, lr=settings.lr, fused=True)] + ([torch.optim.SparseAdam(sparse, lr=settings.lr)] if sparse else [])
     freq = inter.item_freq
     log_q_all = torch.from_numpy(np.log(np.maximum(freq, 1.0) / max(freq.sum(), 1.0))).float()
     tag_emb = torch.from_numpy(tags.embeddings).float()
@@ -169,9 +169,8 @@ def train_towers(catalogue: Catalogue, inter: Interactions, text_table: np.ndarr
             log_q = log_q_all[items] if settings.logq else None
             tag_log_q = log_q * settings.tag_logq if (log_q is not None and settings.tag_logq > 0) else None
             same_item = items.unsqueeze(0) == items.unsqueeze(1)
-            eye = torch.eye(len(rows), dtype=torch.bool)
-            l_col = inbatch_softmax_loss(u, v, eye, temperature=settings.temperature, log_q=log_q,
-                                         exclude=same_item, weight=weight)
+            l_col = diagonal_softmax_loss(inbatch_logits(u, v, temperature=settings.temperature, log_q=log_q),
+                                          exclude=same_item, weight=weight)
             tag_ids = torch.from_numpy(tags.sample(items_np, rng))
             has_tag = tag_ids >= 0
             l_tag = l_cate = torch.zeros(())
