@@ -15,8 +15,15 @@ SASRec's epoch count is chosen the same way: validation Recall@50 after each epo
 
 ``--build-cost`` chooses the cheaper tower training of the cold build ([2/7]): each build in
 ``COST_GRID`` is trained as of T_val, timed, and evaluated with the default serving settings (and
-collaborative-only); the choice is the fastest build whose validation Recall@50 and explore-Recall@50
-(fused) both reach ``COST_TOLERANCE`` of the reference build (the earlier default: 3 epochs, batch 1024).
+collaborative-only); the choice is the fastest build that (a) keeps ``COST_TOLERANCE`` of the reference
+build's fused validation Recall@50 (the reference is the first row: 3 epochs, batch 1024) and (b) is not
+worse on explore-Recall@50 by a paired sign test: over the users whose count of new items found differs,
+"fewer than the reference" must not outnumber "more" at one-sided p < ``SIGN_TEST_ALPHA``.
+
+Rule (b) replaced "keeps 98% of the mean explore-Recall@50" on 2026-12-07: at about 0.004 that mean
+rests on ~115 hits among ~1,900 users, and two runs of numerically equal training code moved it by 10%
+(docs/retrieval.md). ``--fold 2`` evaluates on the window before T_val (T − 56 days), the fold the
+revised rule was first applied to, after it was written.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import argparse
 import itertools
 import json
 import time
+from dataclasses import replace
+from datetime import timedelta
 
 from behavior.adapters import load_dataset
 from evals.metrics import evaluate_lists
@@ -83,26 +92,53 @@ COST_GRID = [{"epochs": 3, "batch_size": 1024, "lr": 1e-3}, {"epochs": 2, "batch
              {"epochs": 1, "batch_size": 1024, "lr": 1e-3}, {"epochs": 1, "batch_size": 1024, "lr": 2e-3},
              {"epochs": 2, "batch_size": 1024, "lr": 1e-3, "dim": 128, "hidden": 256},
              {"epochs": 1, "batch_size": 1024, "lr": 1e-3, "dim": 128, "hidden": 256}]
-#: A cheaper build must keep this share of the reference's validation recall (overall and explore).
+#: A cheaper build must keep this share of the reference's fused validation Recall@50.
 COST_TOLERANCE = 0.98
+#: ... and must not lose on new items by a one-sided paired sign test at this level.
+SIGN_TEST_ALPHA = 0.05
+
+
+def not_worse_on_explore(paired: dict[str, int], alpha: float = SIGN_TEST_ALPHA) -> bool:
+    """A paired sign test over the users whose explore hits differ from the reference's: False only
+    when "fewer" outnumbers "more" beyond chance (one-sided p < alpha)."""
+    from scipy.stats import binomtest
+
+    n = paired["more"] + paired["fewer"]
+    return n == 0 or binomtest(paired["fewer"], n, 0.5, alternative="greater").pvalue >= alpha
 
 
 def cheapest_within(rows: list[dict], tolerance: float = COST_TOLERANCE) -> dict:
-    """The row with the least training time whose fused validation recall (overall and explore) keeps
-    ``tolerance`` of the first row's (the reference build)."""
+    """The row with the least training time that keeps ``tolerance`` of the first row's (the reference
+    build's) fused validation Recall@50 and is not worse on explore by :func:`not_worse_on_explore`."""
     ref = rows[0]["fused"]
-    ok = [r for r in rows if r["fused"]["all"] >= tolerance * ref["all"] and r["fused"]["explore"] >= tolerance * ref["explore"]]
+    ok = [r for r in rows if r["fused"]["all"] >= tolerance * ref["all"]
+          and not_worse_on_explore(r["fused"]["explore_vs_reference"])]
     return min(ok, key=lambda r: r["train_seconds"])
 
 
+def explore_hits(lists: dict[str, list[str]], relevant: dict[str, dict[str, set[str]]], k: int) -> dict[str, int]:
+    """Per user, how many of the items new to them that they bought in the window are in their top k."""
+    return {u: len(set(lists.get(u, [])[:k]) & rel["explore"]) for u, rel in relevant.items()}
+
+
+def paired_sign(hits: dict[str, int], reference: dict[str, int]) -> dict[str, int]:
+    """Users with more, fewer and as many hits as the reference: the paired counts behind a small recall."""
+    diff = [hits[u] - reference[u] for u in reference]
+    return {"more": sum(d > 0 for d in diff), "fewer": sum(d < 0 for d in diff), "same": sum(d == 0 for d in diff)}
+
+
 def build_cost(dataset: str = "completejourney", k: int = 50, threads: int | None = None,
-               grid: list[dict] | None = None) -> dict:
-    """Validation recall against training time for each tower-training setting of ``grid``."""
+               grid: list[dict] | None = None, fold: int = 1) -> dict:
+    """Validation recall against training time for each tower-training setting of ``grid``, on the
+    ``fold``-th window before T (1: the validation window)."""
     ds = load_dataset(dataset)
-    split = make_split(ds, validation_protocol(ds))
+    protocol = validation_protocol(ds)
+    protocol = replace(protocol, cutoff=protocol.cutoff - timedelta(days=protocol.window_days * (fold - 1)))
+    split = make_split(ds, protocol)
     base = RetrievalSettings()
     tags = user_tags(split, ds, 10)
     rows = []
+    reference_hits: dict[str, int] | None = None
     for build in grid or COST_GRID:
         settings = RetrievalSettings(cutoff=split.cutoff, num_threads=threads, **build)
         r = load_or_build_retriever(ds, settings, progress=False)
@@ -110,13 +146,19 @@ def build_cost(dataset: str = "completejourney", k: int = 50, threads: int | Non
                "train_seconds": round(sum(e["seconds"] for e in r.config["train"]["epochs"]), 1),
                "text_embedding_seconds": r.config.get("text_embedding_seconds")}
         for name, beta in (("fused", base.beta), ("collab", 1.0)):
-            m = evaluate_lists(intentrec_lists(r, split, tags, k, beta), split.relevant, [k], split.category_of,
-                               split.head, len(split.catalogue))
+            lists = intentrec_lists(r, split, tags, k, beta)
+            m = evaluate_lists(lists, split.relevant, [k], split.category_of, split.head, len(split.catalogue))
             row[name] = {"all": round(m[f"recall@{k}/all"], 4), "explore": round(m[f"recall@{k}/explore"], 4)}
+            if name == "fused":
+                hits = explore_hits(lists, split.relevant, k)
+                row["fused"]["explore_hits"] = sum(hits.values())
+                reference_hits = hits if reference_hits is None else reference_hits  # the first row
+                row["fused"]["explore_vs_reference"] = paired_sign(hits, reference_hits)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    return {"validation_cutoff": split.cutoff.isoformat(), "users": len(split.users), "k": k,
-            "tolerance": COST_TOLERANCE, "rows": rows, "best": cheapest_within(rows)}
+    return {"validation_cutoff": split.cutoff.isoformat(), "fold": fold, "users": len(split.users), "k": k,
+            "tolerance": COST_TOLERANCE, "sign_test_alpha": SIGN_TEST_ALPHA, "rows": rows,
+            "best": cheapest_within(rows)}
 
 
 def sasrec_epochs(dataset: str = "completejourney", max_epochs: int = 12, k: int = 50) -> dict:
@@ -153,9 +195,13 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--sasrec", action="store_true", help="choose SASRec's epoch count instead")
     ap.add_argument("--build-cost", action="store_true", help="choose the tower training of the cold build instead")
+    ap.add_argument("--fold", type=int, default=1, help="--build-cost on the N-th window before T (1: validation)")
+    ap.add_argument("--rows", default=None, help="--build-cost on these COST_GRID rows only, e.g. 0,1,2 "
+                    "(the first is the reference)")
     a = ap.parse_args()
     if a.build_cost:
-        res = build_cost(a.dataset, threads=a.threads)
+        grid = [COST_GRID[int(i)] for i in a.rows.split(",")] if a.rows else None
+        res = build_cost(a.dataset, threads=a.threads, grid=grid, fold=a.fold)
         _write(res, a.out)
         print(json.dumps(res["best"]))
         return

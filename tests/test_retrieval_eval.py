@@ -68,13 +68,20 @@ def test_checks_and_notes_carry_the_numbers(report):
     assert h["semantic_ids"] == "tree"  # completejourney has department > category
 
 
-def test_the_cold_build_choice_takes_the_cheapest_training_that_keeps_the_reference_recall():
-    from evals.retrieval_tuning import cheapest_within
+def test_the_cold_build_choice_takes_the_cheapest_training_that_keeps_recall_and_does_not_lose_new_items():
+    from evals.retrieval_tuning import cheapest_within, not_worse_on_explore
 
-    def row(name, seconds, all_, explore):
-        return {"build": name, "train_seconds": seconds, "fused": {"all": all_, "explore": explore}}
+    def row(name, seconds, all_, more=0, fewer=0):
+        return {"build": name, "train_seconds": seconds,
+                "fused": {"all": all_, "explore_vs_reference": {"more": more, "fewer": fewer, "same": 1900}}}
 
-    ref, two, one = row("3", 330, 0.2250, 0.0039), row("2", 227, 0.2250, 0.0041), row("1", 110, 0.2251, 0.0037)
-    assert cheapest_within([ref, two, one])["build"] == "2"  # one epoch lost explore recall beyond 2%
-    assert cheapest_within([ref, two, one], tolerance=0.9)["build"] == "1"
-    assert cheapest_within([ref, row("big", 440, 0.2248, 0.0035)])["build"] == "3"  # the reference always qualifies
+    ref, two, one = row("3", 330, 0.2250), row("2", 227, 0.2250, 18, 15), row("1", 110, 0.2251, 28, 21)
+    assert cheapest_within([ref, two, one])["build"] == "1"  # 21 losers against 28 winners is no loss
+    # 10 users gain and 25 lose new items: one-sided sign test p = 0.008, so one epoch is out
+    assert not not_worse_on_explore({"more": 10, "fewer": 25})
+    assert not_worse_on_explore({"more": 14, "fewer": 21})  # p = 0.155: chance
+    assert not_worse_on_explore({"more": 0, "fewer": 0})
+    assert cheapest_within([ref, two, row("1", 110, 0.2251, 10, 25)])["build"] == "2"
+    assert cheapest_within([ref, two, row("1", 110, 0.2150, 28, 21)])["build"] == "2"  # below 98% overall
+    assert cheapest_within([ref, two, one], tolerance=1.0)["build"] == "1"  # 0.2251 >= 0.2250
+    assert cheapest_within([ref, row("big", 440, 0.2248, 5, 40)])["build"] == "3"  # the reference always qualifies
