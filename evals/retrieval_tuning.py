@@ -84,8 +84,8 @@ def run(dataset: str = "completejourney", epochs: int = 1, k: int = 50, beta: fl
             "beta": beta, "rows": rows, "best": best}
 
 
-#: Tower training settings tried for the cold build; the first is the reference (the earlier default).
-#: The first row is the reference (the default before [2/7]). A batch of 4096 was tried and dropped: slower per
+#: Tower training settings tried for the cold build; the first is the reference (the default before [2/7]).
+#: A batch of 4096 was tried and dropped: slower per
 #: sample on this CPU (docs/retrieval.md). The narrower towers (``dim`` 128, ``hidden`` 256) halve the
 #: matrix products, which are most of a step once the loss is computed without extra (B, B) passes.
 COST_GRID = [{"epochs": 3, "batch_size": 1024, "lr": 1e-3}, {"epochs": 2, "batch_size": 1024, "lr": 1e-3},
