@@ -88,6 +88,9 @@ class Context:
     #: "open": experts write any 2-4-word tag; "catalogue": tags are constrained (grammar enum) to
     #: catalogue product types near the user's categories (agents/expert.py)
     tag_vocabulary: Literal["open", "catalogue"] = "open"
+    #: in the ``catalogue`` mode, how many of the candidate tools' phrases (in their own ranking) form
+    #: the expert's enum and its PRODUCT TYPES list; None: the whole pool
+    catalogue_size: int | None = None
     #: "llm": rules, then the LLM judges the rest (the paper); "semantic": rules plus embedding
     #: evaluators, no LLM judge calls (for small local models that cannot judge; judges/semantic.py)
     judge_profile: Literal["llm", "semantic"] = "llm"
@@ -116,3 +119,52 @@ class Context:
 
     def with_overrides(self, **overrides: Any) -> Context:
         return replace(self, **overrides)
+
+
+#: The embedded small model's prompt sizes (``intentrec.small_model_profile``, and the learning loop's
+#: training prompts, which must be what the graph renders). Chosen on the validation split, not the
+#: test window (docs/performance.md, "The compact prompt"): a shorter history, the expert's enum cut
+#: to the candidate tools' first phrases, and fewer tags per expert. The prompt the 135M model
+#: reads is then about half as long, and what it leaves out it did not use.
+SMALL_MODEL_PROMPT: dict[str, Any] = {"history_budget": 300, "catalogue_size": 30, "tags_per_expert": 5}
+
+
+#: Context fields that are live objects or computed per run, not settings a command line can give
+_NOT_SETTINGS = frozenset({"models", "prompts", "env", "semantic_judge", "extra"})
+
+
+def context_settings() -> dict[str, Any]:
+    """The Context fields a command line may set (``--set KEY=VALUE``), each with its type."""
+    from dataclasses import fields
+    from typing import get_type_hints
+
+    hints = get_type_hints(Context)
+    return {f.name: hints[f.name] for f in fields(Context) if f.name not in _NOT_SETTINGS}
+
+
+def parse_settings(pairs: list[str] | None, option: str = "--set") -> dict[str, Any]:
+    """``["history_budget=500", "catalogue_size=none"]`` -> ``{"history_budget": 500, "catalogue_size": None}``,
+    each value validated against the field's type (``none`` where the field allows None). A bad key or
+    value is one :class:`IntentRecError` naming it and what is allowed."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from core.errors import IntentRecError
+
+    known = context_settings()
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise IntentRecError(f"{option} {pair!r}: expected KEY=VALUE")
+        if key not in known:
+            raise IntentRecError(f"{option} {pair!r}: unknown setting {key!r}; settings: {', '.join(sorted(known))}")
+        adapter = TypeAdapter(known[key])
+        value: Any = raw.strip()
+        if value.lower() in ("none", "null"):
+            value = None
+        try:
+            out[key] = adapter.validate_python(value, strict=False)
+        except ValidationError as e:
+            raise IntentRecError(f"{option} {pair!r}: {e.errors()[0]['msg']} (type {known[key]})") from None
+    return out

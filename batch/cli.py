@@ -60,6 +60,8 @@ def batch_cmd(
     personas: int = typer.Option(None, "--personas", help="K personas."),
     tags: int = typer.Option(None, "--tags", help="N final tags."),
     items: int = typer.Option(None, "--items", help="Items to recommend per user."),
+    settings: list[str] = typer.Option(None, "--set", help="A Context setting, KEY=VALUE (repeatable), e.g. "
+                                       "history_budget=500; see agents/context.py."),
     factory: str = typer.Option(None, "--factory", help="module:function(RunLog) -> IntentRec instead of the settings."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (no progress bar)."),
     durability: str = typer.Option("normal", "--durability", help="Run log sync: normal (WAL, survives a "
@@ -77,12 +79,17 @@ def batch_cmd(
     if resume:
         if users or all_users or user_file:
             raise BatchError("--resume takes the users from the batch; drop --users/--all/--user-file")
+        if settings:
+            raise BatchError("--resume takes the settings from the batch; drop --set")
         batch_id = batches.resolve(resume)
     else:
         if retry_failed:
             raise BatchError("--retry-failed needs --resume BATCH_ID")
         when = parse_date(now, "--now") if now else None
-        overrides = {k: v for k, v in {"n_personas": personas, "n_tags": tags, "n_items": items}.items() if v}
+        from agents.context import parse_settings
+
+        overrides = {**parse_settings(settings),
+                     **{k: v for k, v in {"n_personas": personas, "n_tags": tags, "n_items": items}.items() if v}}
         spec = pin_adapter(BatchSpec(dataset=dataset, now=when.date().isoformat() if when else None,
                                      overrides=overrides, backend=backend, model=model, base_url=base_url,
                                      index_cutoff=index_cutoff, prompts=prompts, factory=factory))

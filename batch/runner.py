@@ -103,12 +103,18 @@ def pin_adapter(spec: BatchSpec) -> BatchSpec:
     """``spec`` with the local backend's LoRA adapter resolved now (``LLMSettings.adapter_path``: the
     setting, else the shipped file): a resume runs, and a reuse check compares, the same weights
     whatever ``INTENTREC_LLM_ADAPTER`` says later. Unchanged for a factory, another backend or a
-    spec that already names its adapter."""
+    spec that already names its adapter. Where runs get the small-model defaults, their prompt sizes
+    (``agents.context.SMALL_MODEL_PROMPT``) are pinned into ``overrides`` too (an explicit override
+    wins), so a batch made before those defaults changed is neither resumed with nor reused for the
+    new ones."""
+    from agents.context import SMALL_MODEL_PROMPT
     from llm.local import adapter_id
 
     if spec.factory or spec.adapter:
         return spec
     settings = llm_settings(spec)
+    if settings.small_model():
+        spec = spec.model_copy(update={"overrides": {**SMALL_MODEL_PROMPT, **spec.overrides}})
     if settings.backend != "local":
         return spec
     path = settings.adapter_path()

@@ -57,6 +57,8 @@ def recommend_cmd(
     tags: int = typer.Option(None, "--tags", help="N final tags."),
     items: int = typer.Option(None, "--items", help="Items to recommend."),
     judge_mode: str = typer.Option(None, "--judge-mode", help="joint (default) or per_dimension."),
+    set_pairs: list[str] = typer.Option(None, "--set", help="A Context setting, KEY=VALUE (repeatable), e.g. "
+                                       "history_budget=500; see agents/context.py."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
     """Run planner → experts → arbiter → retrieval → explainer → judges for one user."""
@@ -65,8 +67,10 @@ def recommend_cmd(
 
     overrides = llm_overrides(backend, base_url, model)
     settings = LLMSettings(**overrides)
-    ctx_over = {k: v for k, v in {"n_personas": personas, "n_tags": tags, "n_items": items,
-                                  "judge_mode": judge_mode}.items() if v is not None}
+    from agents.context import parse_settings
+
+    ctx_over = {**parse_settings(set_pairs), **{k: v for k, v in {"n_personas": personas, "n_tags": tags, "n_items": items,
+                                  "judge_mode": judge_mode}.items() if v is not None}}
     t0 = time.perf_counter()
     retrieval_settings = None
     if index_cutoff:

@@ -135,6 +135,8 @@ def eval_tags(
     personas: int = typer.Option(None, "--personas", help="K personas."),
     tags: int = typer.Option(None, "--tags", help="N final tags (default 30)."),
     items: int = typer.Option(None, "--items", help="Items to recommend per user."),
+    settings: list[str] = typer.Option(None, "--set", help="A Context setting, KEY=VALUE (repeatable), e.g. "
+                                       "history_budget=500; see agents/context.py."),
     factory: str = typer.Option(None, "--factory", help="module:function(RunLog) -> IntentRec instead of settings."),
     runlog: str = typer.Option(None, "--runlog", help="Run log file (default: INTENTREC_RUNLOG_PATH or <data dir>/runs.sqlite)."),
     out: str = typer.Option(None, "--out", "-o", help="Also write the JSON report here."),
@@ -142,17 +144,19 @@ def eval_tags(
 ) -> None:
     """IntentRec's tags vs the next category bought (HR@30, discovery HR@30) beside 3 baselines."""
 
+    from agents.context import parse_settings
     from core.options import parse_date
     from evals.tag_eval import TagEvalError, render, run_tag_eval
 
-    given = {"--users": users != 30, "--all": all_users, "--backend": backend, "--model": model,
+    given = {"--set": settings, "--users": users != 30, "--all": all_users, "--backend": backend, "--model": model,
              "--base-url": base_url, "--prompts": prompts, "--personas": personas, "--tags": tags, "--items": items,
              "--factory": factory, "--dataset": dataset, "--full-graph": full_graph}
     if batch and any(given.values()):
         raise TagEvalError("--batch takes users and settings from the batch; drop "
                            + ", ".join(o for o, v in given.items() if v))
     say = (lambda m: None) if as_json else (lambda m: typer.echo(m, err=True))
-    overrides = {k_: v for k_, v in {"n_personas": personas, "n_tags": tags, "n_items": items}.items() if v}
+    overrides = {**parse_settings(settings),
+                 **{k_: v for k_, v in {"n_personas": personas, "n_tags": tags, "n_items": items}.items() if v}}
     report = run_tag_eval(dataset, users=None if all_users else users, cutoff=parse_date(cutoff, "--cutoff"),
                           window_days=window, min_events=min_events, seed=seed, k=k, recent_days=recent_days,
                           match_n=match_n, baselines_only=baselines_only, batch_id=batch, runlog=runlog,

@@ -128,6 +128,8 @@ def prepare_user(dataset: Dataset, user_id: str, ctx: Context, *,
              "items_retained": st.distinct_items_retained}
     vocab = [c["phrase"] for c in cands if c["phrase"] not in recent] or tag_vocabulary(
         dataset, [c.category for c in summary.top_categories[:10]], exclude=set(recent))
+    if ctx.catalogue_size is not None:
+        vocab = vocab[:ctx.catalogue_size]
     stats["tag_candidates"] = len(cands)
     return PreparedContext(shared_context=shared, evidence=evidence[:300], recent_purchases=recent, stats=stats,
                            tag_vocabulary=vocab, tag_candidates=cands)

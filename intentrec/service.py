@@ -161,15 +161,17 @@ class IntentRec:
 
 def small_model_profile(dataset: Dataset, encoder: Any) -> dict[str, Any]:
     """Context defaults for the embedded local model (SmolLM2-135M): catalogue-constrained tags, the
-    semantic judge profile (rules + embedding evaluators instead of LLM judge calls), and facts lines
-    as explanations. A 135M model writes junk tags when free, cannot discriminate as a judge
+    semantic judge profile (rules + embedding evaluators instead of LLM judge calls), facts lines as
+    explanations and the compact prompt (``agents.context.SMALL_MODEL_PROMPT``). A 135M model writes
+    junk tags when free, cannot discriminate as a judge
     (measured; see judges/semantic.py and agents/expert.py), and its explanations copy the prompt's
     example or loop, with or without the example, so the judge rejected every one it wrote
     (docs/graph.md): 16 model calls per user whose output was always thrown away. Any explicit
     override wins (``explanations="llm"`` brings the explainer agent back)."""
+    from agents.context import SMALL_MODEL_PROMPT
     from judges.semantic import SemanticJudge, catalogue_vocabulary
 
-    return {"tag_vocabulary": "catalogue", "judge_profile": "semantic", "explanation_fallback": "facts",
+    return {**SMALL_MODEL_PROMPT, "tag_vocabulary": "catalogue", "judge_profile": "semantic", "explanation_fallback": "facts",
             "explanations": "facts", "persona_source": "categories",
             "semantic_judge": SemanticJudge(encoder, catalogue_vocabulary(dataset))}
 

@@ -7,11 +7,12 @@ as target the tags of what the user bought next. Here:
   2017-04-02 to 2017-09-03 on completejourney). For each, the users with at least ``min_events``
   purchases before ``c`` and one in ``[c, c + window)``, a seeded sample of them. A cutoff whose
   window reaches ``T`` is refused, so every target lies strictly before ``T``.
-* **Prompts** are exactly what the graph sends the embedded model for an expert: the shared context
+* **Prompts** are exactly what the graph sends the embedded model for an expert (its compact prompt
+  sizes, ``agents.context.SMALL_MODEL_PROMPT``): the shared context
   built by ``graphs.prepare.prepare_user`` as of ``c`` (history, summary, environment, the candidate
   tools), the persona the small-model profile uses (``judges.personas.category_personas``), the
-  expert template's variables from ``agents.expert.expert_variables``, and the schema hint the local
-  backend appends (``LocalChatModel.prepare``). Nothing here writes a prompt of its own.
+  expert template's variables from ``agents.expert.expert_variables``, and the schema hint where the local
+  backend puts it (``LocalChatModel.prepare``). Nothing here writes a prompt of its own.
 * **Targets** are in the expert's output schema (validated against it, with the catalogue enum): the
   product types the household bought in the window that are in the expert's enum. Each persona gets
   the types of its own category first, then a round-robin share of the rest (new categories
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from agents.context import Context, Environment
+from agents.context import SMALL_MODEL_PROMPT, Context, Environment
 from agents.expert import MAX_INTENTS, expert_schema, expert_variables
 from behavior.schema import Dataset
 from graphs.prepare import prepare_user
@@ -67,7 +68,7 @@ class BuildConfig:
     users_per_cutoff: int = 50
     min_events: int = 20
     n_personas: int = 3
-    tags_per_expert: int = 15
+    tags_per_expert: int = SMALL_MODEL_PROMPT["tags_per_expert"]
     seed: int = 42
     curriculum: int = 200  # curriculum examples (half each task); 0: none
     #: a target shorter than this is topped up from the household's other bought types, and a persona
@@ -190,7 +191,8 @@ def build_examples(dataset: Dataset, config: BuildConfig, *, prompts: PromptRegi
     for ci, c in enumerate(sorted(_date(c) for c in config.cutoffs)):
         end = c + timedelta(days=config.window_days)
         ctx = Context(models={}, prompts=prompts, env=Environment.at(c), n_personas=config.n_personas,
-                      tags_per_expert=config.tags_per_expert, tag_vocabulary="catalogue", persona_source="categories")
+                      **{**SMALL_MODEL_PROMPT, "tags_per_expert": config.tags_per_expert},
+                      tag_vocabulary="catalogue", persona_source="categories")
         users = sample_users(dataset, c, config.window_days, min_events=config.min_events,
                              n=config.users_per_cutoff, seed=config.seed + ci)
         tstats = TagStats.build(dataset, c)

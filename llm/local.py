@@ -59,7 +59,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
@@ -351,6 +351,8 @@ class LocalChatModel(BaseChatModel):
     """llama.cpp in process, with grammar-constrained structured output."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
+    #: puts the schema hint at the template's marker itself (``prepare``; see ``llm.structured``)
+    handles_schema_marker: ClassVar[bool] = True
 
     model_path: str = ""
     #: a GGUF LoRA adapter file (``python app.py train export``); "" or "none": the base model. The
@@ -450,8 +452,7 @@ class LocalChatModel(BaseChatModel):
                 tool_name = "*"
         if target is not None:
             grammar = grammar_for(target, name=label, model=self.model_name)
-            if self.schema_hint:
-                msgs = with_schema_hint(msgs, schema_hint_text(target))
+        msgs = with_schema_hint(msgs, schema_hint_text(target) if target is not None and self.schema_hint else None)
         return PreparedCall(messages=to_llama_messages(msgs), grammar=grammar, tool_name=tool_name, tool_names=names)
 
     def completion_kwargs(self, stop: list[str] | None = None) -> dict[str, Any]:

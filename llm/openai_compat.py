@@ -51,7 +51,7 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import openai
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -193,6 +193,9 @@ def map_openai_error(e: BaseException, *, model: str, base_url: str, max_retries
 class OpenAICompatChatModel(ChatOpenAI):
     """ChatOpenAI for any OpenAI-compatible server, with typed errors and portable structured output."""
 
+    #: puts the schema hint at the template's marker itself (``_own_kwargs``; see ``llm.structured``)
+    handles_schema_marker: ClassVar[bool] = True
+
     structured_method: Method = "auto"
     vllm: bool = False
     schema_hint: bool = True
@@ -298,7 +301,7 @@ class OpenAICompatChatModel(ChatOpenAI):
         method = kwargs.pop("intentrec_method", None)
         schema = kwargs.pop("intentrec_schema", "")
         hint = kwargs.pop("intentrec_schema_hint", None)
-        return (with_schema_hint(messages, hint) if hint else messages), method, schema
+        return with_schema_hint(messages, hint), method, schema
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:

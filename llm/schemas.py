@@ -168,9 +168,24 @@ def schema_hint_text(schema: dict[str, Any]) -> str:
             + json.dumps(compact_schema(schema, max_enum=HINT_ENUM_MAX), ensure_ascii=False, separators=(",", ":")))
 
 
-def with_schema_hint(messages: Sequence[BaseMessage], hint: str) -> list[BaseMessage]:
-    """Append ``hint`` to the last user message (or add one), leaving every earlier token alone."""
+#: where a template wants the schema hint: the first message holding this text gets the hint in its
+#: place. Calls that share a long prefix and differ only after it (the K experts) put it before the
+#: part that differs, so the hint is evaluated once for all of them. Without it the hint goes last.
+SCHEMA_HINT_MARKER = "[[output schema]]"
+
+
+def with_schema_hint(messages: Sequence[BaseMessage], hint: str | None) -> list[BaseMessage]:
+    """Put ``hint`` where a message holds :data:`SCHEMA_HINT_MARKER`, else append it to the last user
+    message (or add one), leaving every earlier token alone. ``hint=None``: only the marker goes."""
     msgs = list(messages)
+    for i, m in enumerate(msgs):
+        if isinstance(m.content, str) and SCHEMA_HINT_MARKER in m.content:
+            # no hint: the marker goes with its line break, so no empty line is left where it stood
+            mark = SCHEMA_HINT_MARKER if hint or SCHEMA_HINT_MARKER + "\n" not in m.content else SCHEMA_HINT_MARKER + "\n"
+            msgs[i] = m.model_copy(update={"content": m.content.replace(mark, hint or "", 1)})
+            return msgs
+    if hint is None:
+        return msgs
     if msgs and isinstance(msgs[-1], HumanMessage) and isinstance(msgs[-1].content, str):
         last = msgs[-1]
         msgs[-1] = last.model_copy(update={"content": f"{last.content}\n\n{hint}"})

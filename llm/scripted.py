@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
@@ -62,6 +62,9 @@ def by_schema(schema: type[BaseModel] | str, response: Any) -> Rule:
 
 class ScriptedChatModel(BaseChatModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
+    #: sees the messages as the graph sends them, schema marker included, so a test can apply a real
+    #: backend's ``prepare`` to what was logged (``llm.structured``)
+    handles_schema_marker: ClassVar[bool] = True
 
     rules: list[Any] = Field(default_factory=list)
     responses: list[Any] = Field(default_factory=list)

@@ -35,7 +35,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from pydantic import BaseModel, ValidationError
 
 from llm.errors import LLMError, StructuredOutputError
-from llm.schemas import raw_output_text, was_truncated
+from llm.schemas import raw_output_text, was_truncated, with_schema_hint
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -125,7 +125,9 @@ class _Attempts(Generic[T]):
         self.max_attempts = max_attempts
         self.truncated = False
         self.record = CallRecord(model_id=model_id(model), schema=schema.__name__)
-        self.history = list(messages)
+        # a template's schema marker (llm.schemas.SCHEMA_HINT_MARKER) is for the backends that place the
+        # hint there; any other LangChain chat model gets the prompt without it
+        self.history = list(messages) if getattr(model, "handles_schema_marker", False) else with_schema_hint(messages, None)
         self.raws: list[str] = []
         self.t0 = time.perf_counter()
 

@@ -384,6 +384,38 @@ def test_a_batch_pins_its_lora_adapter_and_the_eval_reuses_only_the_same_one(tmp
     assert find_batch(store, ids, pin_adapter(BatchSpec(now=NOW, index_cutoff=NOW)).model_dump()) is None
 
 
+def test_a_batch_pins_the_small_model_prompt_sizes_and_an_older_batch_is_not_reused(tmp_path, monkeypatch):
+    """The embedded model's prompt sizes are written into the batch's overrides when it is created
+    (an explicit --set wins), so a batch from before a change of those defaults is not reused."""
+    from agents.context import SMALL_MODEL_PROMPT
+    from batch.runner import pin_adapter
+    from evals.tag_eval import find_batch
+
+    for var in ("INTENTREC_LLM_CONFIG", "INTENTREC_LLM_PROFILE", "INTENTREC_LLM_BACKEND", "INTENTREC_LLM_MODEL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("INTENTREC_LLM_ADAPTER", "none")
+    local = pin_adapter(BatchSpec(now=NOW, overrides={"tags_only": True}))
+    assert local.overrides == {**SMALL_MODEL_PROMPT, "tags_only": True}
+    mine = pin_adapter(BatchSpec(now=NOW, overrides={"history_budget": 1500, "catalogue_size": None}))
+    assert mine.overrides["history_budget"] == 1500 and mine.overrides["catalogue_size"] is None
+    assert mine.overrides["tags_per_expert"] == SMALL_MODEL_PROMPT["tags_per_expert"]
+    # a server whose model is not the small one keeps the template defaults; one serving it gets the sizes
+    big = pin_adapter(BatchSpec(now=NOW, backend="openai", model="Qwen2.5-7B", base_url="http://127.0.0.1:9/v1"))
+    assert big.overrides == {}
+    small = pin_adapter(BatchSpec(now=NOW, backend="openai", model="HuggingFaceTB/SmolLM2-135M-Instruct",
+                                  base_url="http://127.0.0.1:9/v1"))
+    assert small.overrides == SMALL_MODEL_PROMPT
+
+    store = RunLog(tmp_path / "runs.sqlite")
+    ids = ["1", "2"]
+    older = BatchStore(store).create(ids, spec=BatchSpec(now=NOW, overrides={"tags_only": True}, adapter="none")
+                                     .model_dump())
+    assert find_batch(store, ids, local.model_dump()) is None
+    newer = BatchStore(store).create(ids, spec=local.model_dump())
+    assert find_batch(store, ids, pin_adapter(BatchSpec(now=NOW, overrides={"tags_only": True})).model_dump()) == newer
+    assert older != newer
+
+
 def test_build_rec_passes_the_pinned_adapter_to_the_llm_settings(monkeypatch):
     from batch import runner
     from intentrec.service import IntentRec
@@ -394,3 +426,22 @@ def test_build_rec_passes_the_pinned_adapter_to_the_llm_settings(monkeypatch):
     monkeypatch.setenv("INTENTREC_LLM_ADAPTER", "/elsewhere/other.gguf")
     runner.build_rec(BatchSpec(now=NOW, adapter="/pinned/a.gguf", adapter_id="+abc"), store=None)
     assert seen["llm"].adapter == "/pinned/a.gguf" and seen["llm"].adapter_path() == "/pinned/a.gguf"
+
+
+def test_cli_batch_takes_context_settings_and_names_a_bad_one(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "r.sqlite"
+    code, out, err = run_cli(["batch", "--users", "1", "--now", NOW, "--factory", FACTORY, "--set", "history_budget=400",
+                              "--set", "catalogue_size=none", "--runlog", str(path), "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    bid = _json_out(out)["batch_id"]
+    store = RunLog(path)
+    assert BatchStore(store).get(bid)["spec"]["overrides"] == {"history_budget": 400, "catalogue_size": None}
+    run = store.get_run(BatchStore(store).items(bid)[0]["run_id"])
+    assert json.dumps(run).count('"history_budget": 400') >= 1  # the run was configured with it, and logged it
+    for bad, why in [("history_budget=lots", "valid integer"), ("budget=4", "unknown setting 'budget'"),
+                     ("tag_vocabulary=any", "'open' or 'catalogue'"), ("n_items", "expected KEY=VALUE")]:
+        code, out, err = run_cli(["batch", "--users", "1", "--now", NOW, "--factory", FACTORY, "--set", bad,
+                                  "--runlog", str(path)], monkeypatch, capsys)
+        assert code == 2 and f"--set {bad!r}" in err and why in err, err
+    code, out, err = run_cli(["batch", "--resume", bid, "--set", "n_items=2", "--runlog", str(path)], monkeypatch, capsys)
+    assert code == 2 and "drop --set" in err

@@ -16,6 +16,16 @@ def test_index_search_with_an_unbuilt_cutoff_says_so_instead_of_training(tmp_pat
     assert not (tmp_path / "data" / "retrieval").exists()  # nothing was trained
 
 
+def test_recommend_names_a_bad_context_setting_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("INTENTREC_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("INTENTREC_RUNLOG_PATH", str(tmp_path / "runs.sqlite"))
+    code, out, err = run_cli(["recommend", "--user", "1", "--set", "history_budget=lots"], monkeypatch, capsys)
+    assert code == 2 and "--set 'history_budget=lots'" in out + err
+    code, out, err = run_cli(["recommend", "--user", "1", "--set", "budget=300"], monkeypatch, capsys)
+    assert code == 2 and "unknown setting 'budget'" in out + err and "history_budget" in out + err
+    assert not (tmp_path / "runs.sqlite").exists() and not (tmp_path / "data" / "retrieval").exists()
+
+
 def test_recommend_with_the_scripted_backend_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("INTENTREC_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("INTENTREC_RUNLOG_PATH", str(tmp_path / "runs.sqlite"))

@@ -13,6 +13,7 @@ import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
+from agents.context import SMALL_MODEL_PROMPT
 from agents.expert import expert_schema
 from intentrec.service import IntentRec
 from learning.dataset import (
@@ -33,7 +34,7 @@ from tests.test_tag_tools import lift_rows, make
 from tools.tag_stats import TagStats
 
 CUT = "2017-08-20"
-CONFIG = BuildConfig(cutoffs=(CUT,), users_per_cutoff=2, curriculum=4)
+CONFIG = BuildConfig(cutoffs=(CUT,), users_per_cutoff=3, curriculum=4)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,8 @@ def test_targets_are_valid_expert_answers_from_the_enum(built):
 
 def test_prompts_are_the_graphs_expert_prompts(cj, items, built, tmp_path):
     """The same user and date through the graph (tags only, category personas, catalogue tags): every
-    expert call's logged messages, with the local backend's schema hint, equal the dataset's prompt."""
+    expert call's logged messages, with the local backend's schema hint, equal the dataset's prompt,
+    at the small-model profile's prompt sizes."""
     rows, _ = built
     user = next(r for r in rows if r["meta"]["stage"] == "task")["meta"]["user_id"]
     store = RunLog(tmp_path / "r.sqlite")
@@ -98,7 +100,7 @@ def test_prompts_are_the_graphs_expert_prompts(cj, items, built, tmp_path):
 
     rec = IntentRec(dataset=cj, retriever=FakeRetriever(items), models={"default": make_model(k=3, extra_rules=[from_enum])},
                     runlog=store, checkpointer=InMemorySaver(), tags_only=True, persona_source="categories",
-                    tag_vocabulary="catalogue", n_personas=3, tags_per_expert=15)
+                    tag_vocabulary="catalogue", n_personas=3, **SMALL_MODEL_PROMPT)
     rec.recommend(user, now=CUT)
     calls = store.calls(store.runs(user=user)[0]["run_id"], node="expert")
     ours = {r["meta"]["persona"]: r for r in rows if r["meta"].get("user_id") == user}
@@ -109,7 +111,7 @@ def test_prompts_are_the_graphs_expert_prompts(cj, items, built, tmp_path):
         if c["subject"] not in ours:  # a persona without a bought type in the window has no example
             continue
         msgs = [kinds[m["role"]](m["content"]) for m in c["messages"]]
-        schema = expert_schema(15, tuple(ours[c["subject"]]["meta"]["vocabulary"]))
+        schema = expert_schema(SMALL_MODEL_PROMPT["tags_per_expert"], tuple(ours[c["subject"]]["meta"]["vocabulary"]))
         expected = LocalChatModel().prepare(msgs, json_schema=schema.model_json_schema()).messages
         assert ours[c["subject"]]["prompt"] == expected
         compared += 1

@@ -104,6 +104,33 @@ def test_schema_hint_goes_after_the_shared_prefix():
     assert msgs[-1].content.endswith("HINT") and msgs[-1].content.startswith(MSGS[-1].content)
     msgs2 = with_schema_hint([SystemMessage("only system")], "HINT")
     assert len(msgs2) == 2 and msgs2[-1].content == "HINT"
+    assert with_schema_hint(MSGS, None) == list(MSGS)
+
+
+def test_a_template_marker_puts_the_schema_hint_before_the_part_that_differs():
+    from llm.schemas import SCHEMA_HINT_MARKER
+
+    msgs = [SystemMessage("shared"), HumanMessage(f"rules\n{SCHEMA_HINT_MARKER}\nPERSONA: a\nAnswer.")]
+    placed = with_schema_hint(msgs, "HINT")
+    assert [m.content for m in placed] == ["shared", "rules\nHINT\nPERSONA: a\nAnswer."]
+    # no hint (the backend's hint is off): the marker and its line break go, nothing else changes
+    assert [m.content for m in with_schema_hint(msgs, None)] == ["shared", "rules\nPERSONA: a\nAnswer."]
+    assert msgs[1].content.count(SCHEMA_HINT_MARKER) == 1  # the input messages are not changed
+
+
+def test_a_model_that_does_not_place_the_hint_never_sees_the_marker():
+    from llm.schemas import SCHEMA_HINT_MARKER
+
+    class PlainChatModel(ScriptedChatModel):  # any LangChain chat model: no handles_schema_marker of its own
+        handles_schema_marker = False
+
+    msgs = [SystemMessage("shared"), HumanMessage(f"rules\n{SCHEMA_HINT_MARKER}\nPERSONA: a")]
+    plain = PlainChatModel(responses=[{"intent": "baby care", "tags": ["organic baby food"]}])
+    structured_call(plain, Intent, msgs)
+    assert [m.content for m in plain.calls[0].messages] == ["shared", "rules\nPERSONA: a"]
+    kept = ScriptedChatModel(responses=[{"intent": "baby care", "tags": ["organic baby food"]}])
+    structured_call(kept, Intent, msgs)  # the backends that place the hint get the marker where it stands
+    assert kept.calls[0].messages[1].content == msgs[1].content
 
 
 def test_schema_hint_shows_a_sample_of_a_long_enum():

@@ -139,6 +139,10 @@ def test_grammar_enum_is_the_candidate_tools_pool(cj, user_id):
     # without tools: no CANDIDATES section, and the catalogue types of the user's categories as the enum
     bare = prepare_user(cj, user_id, ctx, candidates=None)
     assert "CANDIDATES" not in bare.shared_context and bare.tag_candidates == [] and bare.tag_vocabulary
+    # catalogue_size: the enum is the first N of that same list, in the tools' order
+    small = prepare_user(cj, user_id, _ctx(tag_vocabulary="catalogue", catalogue_size=7))
+    assert small.tag_vocabulary == prep.tag_vocabulary[:7]
+    assert small.tag_candidates == prep.tag_candidates  # the refill still has the whole pool
 
 
 # ----- the evaluation ---------------------------------------------------------------------------------
