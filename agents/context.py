@@ -91,6 +91,8 @@ class Context:
     #: in the ``catalogue`` mode, how many of the candidate tools' phrases (in their own ranking) form
     #: the expert's enum and its PRODUCT TYPES list; None: the whole pool
     catalogue_size: int | None = None
+    #: candidates per tool shown as evidence in the shared context's CANDIDATES section (0: no section)
+    evidence_per_tool: int = 6
     #: "llm": rules, then the LLM judges the rest (the paper); "semantic": rules plus embedding
     #: evaluators, no LLM judge calls (for small local models that cannot judge; judges/semantic.py)
     judge_profile: Literal["llm", "semantic"] = "llm"
@@ -124,9 +126,11 @@ class Context:
 #: The embedded small model's prompt sizes (``intentrec.small_model_profile``, and the learning loop's
 #: training prompts, which must be what the graph renders). Chosen on the validation split, not the
 #: test window (docs/performance.md, "The compact prompt"): a shorter history, the expert's enum cut
-#: to the candidate tools' first phrases, and fewer tags per expert. The prompt the 135M model
+#: to the candidate tools' first phrases, fewer tags per expert and no CANDIDATES evidence section
+#: (the enum already holds the tools' phrases; the tags came out the same without it). The prompt the 135M model
 #: reads is then about half as long, and what it leaves out it did not use.
-SMALL_MODEL_PROMPT: dict[str, Any] = {"history_budget": 300, "catalogue_size": 30, "tags_per_expert": 5}
+SMALL_MODEL_PROMPT: dict[str, Any] = {"history_budget": 300, "catalogue_size": 30, "tags_per_expert": 5,
+                                      "evidence_per_tool": 0}
 
 
 #: Context fields that are live objects or computed per run, not settings a command line can give

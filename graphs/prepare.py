@@ -64,10 +64,6 @@ def tag_vocabulary(dataset: Dataset, categories: list[str], exclude: set[str], l
     return out
 
 
-#: candidates per tool shown as evidence in the shared context (the full pool is the expert's enum)
-EVIDENCE_PER_TOOL = 6
-
-
 def tool_candidates(dataset: Dataset, user_id: str, now: Any) -> list[dict]:
     """The candidate tools' pool for ``user_id`` from data before ``now``, in the tools-only ranking
     (``tools.candidates``); the statistics behind it are computed once per dataset and date."""
@@ -75,11 +71,12 @@ def tool_candidates(dataset: Dataset, user_id: str, now: Any) -> list[dict]:
     return as_dicts(tools_only_ranking(pool, n=len(pool)))
 
 
-def candidates_text(cands: list[dict], per_tool: int = EVIDENCE_PER_TOOL) -> dict[str, list[dict]]:
-    """Tool -> its first ``per_tool`` candidates, for the shared context's CANDIDATES section."""
+def candidates_text(cands: list[dict], per_tool: int) -> dict[str, list[dict]]:
+    """Tool -> its first ``per_tool`` candidates, for the shared context's CANDIDATES section (empty,
+    so no section, at ``per_tool`` 0)."""
     out: dict[str, list[dict]] = {}
     for c in cands:
-        if len(out.setdefault(c["tool"], [])) < per_tool:
+        if per_tool > 0 and len(out.setdefault(c["tool"], [])) < per_tool:
             out[c["tool"]].append(c)
     return out
 
@@ -119,7 +116,7 @@ def prepare_user(dataset: Dataset, user_id: str, ctx: Context, *,
     cands = candidates(dataset, user_id, now) if candidates is not None else []
     template = ctx.prompts.get("shared_context")
     # an override template written before the CANDIDATES section existed still renders
-    extra = {"candidates": candidates_text(cands)} if "candidates" in template.variables else {}
+    extra = {"candidates": candidates_text(cands, ctx.evidence_per_tool)} if "candidates" in template.variables else {}
     shared = template.render(history=comp.text, summary=summary_text, user_attributes=user.attributes,
                              environment=ctx.env.describe(), **extra)[0].content
     evidence = f"often buys {top}" if top else ""

@@ -52,7 +52,7 @@ def describe_context(ctx: Any) -> dict[str, Any]:
     sizes = {k: getattr(ctx, k) for k in ("n_personas", "n_tags", "tags_per_expert", "tags_only", "items_per_tag", "n_items", "beta", "discovery_share", "regen_limit",
                                           "judge_mode", "judge_s_threshold", "max_attempts", "history_budget",
                                           "recent_days", "fallback_collaborative") if hasattr(ctx, k)}
-    for k in ("tag_vocabulary", "catalogue_size", "persona_source", "explanations", "judge_profile"):
+    for k in ("tag_vocabulary", "catalogue_size", "evidence_per_tool", "persona_source", "explanations", "judge_profile"):
         if hasattr(ctx, k):
             sizes[k] = getattr(ctx, k)
     return {

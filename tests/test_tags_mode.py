@@ -143,6 +143,13 @@ def test_grammar_enum_is_the_candidate_tools_pool(cj, user_id):
     small = prepare_user(cj, user_id, _ctx(tag_vocabulary="catalogue", catalogue_size=7))
     assert small.tag_vocabulary == prep.tag_vocabulary[:7]
     assert small.tag_candidates == prep.tag_candidates  # the refill still has the whole pool
+    # evidence_per_tool: at most that many phrases per tool in CANDIDATES; 0 drops the section, not the enum
+    two = prepare_user(cj, user_id, _ctx(tag_vocabulary="catalogue", evidence_per_tool=2))
+    section = two.shared_context.split("CANDIDATES (product types", 1)[1]
+    for tool_line in [ln for ln in section.splitlines() if ln.startswith("- ")]:
+        assert tool_line.count("«") == 4, tool_line  # 2 phrases, each with its fenced reason
+    none = prepare_user(cj, user_id, _ctx(tag_vocabulary="catalogue", evidence_per_tool=0))
+    assert "CANDIDATES" not in none.shared_context and none.tag_vocabulary == prep.tag_vocabulary
 
 
 # ----- the evaluation ---------------------------------------------------------------------------------
