@@ -69,7 +69,7 @@ def batch_cmd(
     runlog: Path = RUNLOG_OPT,
 ) -> None:
     """Run the graph for many users; results go to the run log. Resumable after a kill (--resume)."""
-    from batch.runner import BatchError, BatchSpec, build_rec, pin_adapter, select_users
+    from batch.runner import BatchError, BatchSpec, build_rec, pin_spec, select_users
     from core.options import parse_date
     from runlog.batches import BatchStore
 
@@ -90,7 +90,7 @@ def batch_cmd(
 
         overrides = {**parse_settings(settings),
                      **{k: v for k, v in {"n_personas": personas, "n_tags": tags, "n_items": items}.items() if v}}
-        spec = pin_adapter(BatchSpec(dataset=dataset, now=when.date().isoformat() if when else None,
+        spec = pin_spec(BatchSpec(dataset=dataset, now=when.date().isoformat() if when else None,
                                      overrides=overrides, backend=backend, model=model, base_url=base_url,
                                      index_cutoff=index_cutoff, prompts=prompts, factory=factory))
         if (engine == "local" and workers == 1) or factory:

@@ -58,7 +58,7 @@ class BatchSpec(BaseModel):
     prompts: str | None = None
     factory: str | None = None  # module:function(RunLog) -> IntentRec, instead of the settings above
     #: local backend: the LoRA adapter file the batch runs with ("none": the base model) and its
-    #: ``+<sha256[:12]>``, pinned when the batch is created (``pin_adapter``)
+    #: ``+<sha256[:12]>``, pinned when the batch is created (``pin_spec``)
     adapter: str | None = None
     adapter_id: str | None = None
     seed: int | None = None  # of the --users sample (a record; the users themselves are stored)
@@ -99,8 +99,9 @@ def llm_settings(spec: BatchSpec, *, n_threads: int | None = None) -> Any:
                                             "n_threads": n_threads, "adapter": spec.adapter}.items() if v})
 
 
-def pin_adapter(spec: BatchSpec) -> BatchSpec:
-    """``spec`` with the local backend's LoRA adapter resolved now (``LLMSettings.adapter_path``: the
+def pin_spec(spec: BatchSpec) -> BatchSpec:
+    """``spec`` with what the environment would otherwise decide later fixed now. The local backend's
+    LoRA adapter is resolved now (``LLMSettings.adapter_path``: the
     setting, else the shipped file): a resume runs, and a reuse check compares, the same weights
     whatever ``INTENTREC_LLM_ADAPTER`` says later. Unchanged for a factory, another backend or a
     spec that already names its adapter. Where runs get the small-model defaults, their prompt sizes

@@ -644,7 +644,7 @@ def run_tag_eval(dataset: str | None = None, *, users: int | None = 30, cutoff: 
     """Run (or resume, or only read) the batch, then score IntentRec and the baselines on its users.
     ``users=None``: every eligible user (baselines only). ``batch_id``: evaluate that batch (its users,
     date and settings), resuming it first unless ``resume=False``."""
-    from batch.runner import BatchSpec, pin_adapter
+    from batch.runner import BatchSpec, pin_spec
     from behavior.adapters import DEFAULT_DATASET, load_dataset_cached
     from evals.protocol import Protocol, make_split
     from runlog.batches import BatchStore
@@ -685,7 +685,7 @@ def run_tag_eval(dataset: str | None = None, *, users: int | None = 30, cutoff: 
                          overrides={**({} if full_graph else {"tags_only": True}), **(overrides or {})}, backend=backend, model=model, base_url=base_url,
                          prompts=prompts, factory=factory, seed=seed,
                          selection={"eligible_users": len(eligible), "sampled": len(sample)})
-        spec = pin_adapter(spec)
+        spec = pin_spec(spec)
         batch_id = find_batch(store, sample, spec.model_dump())
         if batch_id:
             say(f"reusing batch {batch_id} (same users and settings) in {store.path}")

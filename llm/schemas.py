@@ -180,9 +180,12 @@ def with_schema_hint(messages: Sequence[BaseMessage], hint: str | None) -> list[
     msgs = list(messages)
     for i, m in enumerate(msgs):
         if isinstance(m.content, str) and SCHEMA_HINT_MARKER in m.content:
-            # no hint: the marker goes with its line break, so no empty line is left where it stood
-            mark = SCHEMA_HINT_MARKER if hint or SCHEMA_HINT_MARKER + "\n" not in m.content else SCHEMA_HINT_MARKER + "\n"
-            msgs[i] = m.model_copy(update={"content": m.content.replace(mark, hint or "", 1)})
+            if hint:
+                content = m.content.replace(SCHEMA_HINT_MARKER, hint, 1)
+            else:  # the marker goes with its line break, so no empty line is left where it stood
+                line = SCHEMA_HINT_MARKER + "\n"
+                content = m.content.replace(line if line in m.content else SCHEMA_HINT_MARKER, "", 1)
+            msgs[i] = m.model_copy(update={"content": content})
             return msgs
     if hint is None:
         return msgs

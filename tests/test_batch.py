@@ -350,7 +350,7 @@ def test_batch_run_log_durability_and_worker_command(tmp_path):
 def test_a_batch_pins_its_lora_adapter_and_the_eval_reuses_only_the_same_one(tmp_path, monkeypatch):
     """The adapter is resolved when the batch is created (path and +sha), a resume builds with it
     whatever the environment says later, and a batch is reused only for the same adapter."""
-    from batch.runner import pin_adapter
+    from batch.runner import pin_spec
     from evals.tag_eval import find_batch
 
     monkeypatch.delenv("INTENTREC_LLM_CONFIG", raising=False)
@@ -358,51 +358,51 @@ def test_a_batch_pins_its_lora_adapter_and_the_eval_reuses_only_the_same_one(tmp
     a.write_bytes(b"adapter a")
     b.write_bytes(b"adapter b")
     monkeypatch.setenv("INTENTREC_LLM_ADAPTER", str(a))
-    spec_a = pin_adapter(BatchSpec(now=NOW, index_cutoff=NOW))
+    spec_a = pin_spec(BatchSpec(now=NOW, index_cutoff=NOW))
     assert spec_a.adapter == str(a.resolve())
     assert spec_a.adapter_id == "+" + hashlib.sha256(b"adapter a").hexdigest()[:12]
     monkeypatch.setenv("INTENTREC_LLM_ADAPTER", "none")
-    assert pin_adapter(BatchSpec(now=NOW)).adapter == "none"
-    assert pin_adapter(BatchSpec(now=NOW)).adapter_id is None
+    assert pin_spec(BatchSpec(now=NOW)).adapter == "none"
+    assert pin_spec(BatchSpec(now=NOW)).adapter_id is None
     # a factory or a server backend runs no local adapter: nothing is pinned
-    assert pin_adapter(BatchSpec(now=NOW, factory=FACTORY)).adapter is None
-    assert pin_adapter(BatchSpec(now=NOW, backend="openai", base_url="http://127.0.0.1:9/v1")).adapter is None
+    assert pin_spec(BatchSpec(now=NOW, factory=FACTORY)).adapter is None
+    assert pin_spec(BatchSpec(now=NOW, backend="openai", base_url="http://127.0.0.1:9/v1")).adapter is None
     # an already pinned spec keeps its adapter (a resume must not re-resolve it from the environment)
-    assert pin_adapter(spec_a) == spec_a
+    assert pin_spec(spec_a) == spec_a
 
     store = RunLog(tmp_path / "runs.sqlite")
     ids = ["1", "2"]
     bid = BatchStore(store).create(ids, spec=spec_a.model_dump())
     assert find_batch(store, ids, spec_a.model_dump()) == bid
     monkeypatch.setenv("INTENTREC_LLM_ADAPTER", str(b))
-    assert find_batch(store, ids, pin_adapter(BatchSpec(now=NOW, index_cutoff=NOW)).model_dump()) is None
+    assert find_batch(store, ids, pin_spec(BatchSpec(now=NOW, index_cutoff=NOW)).model_dump()) is None
     monkeypatch.setenv("INTENTREC_LLM_ADAPTER", "none")
-    assert find_batch(store, ids, pin_adapter(BatchSpec(now=NOW, index_cutoff=NOW)).model_dump()) is None
+    assert find_batch(store, ids, pin_spec(BatchSpec(now=NOW, index_cutoff=NOW)).model_dump()) is None
     # same path, new bytes: a different adapter
     a.write_bytes(b"adapter a, retrained")
     monkeypatch.setenv("INTENTREC_LLM_ADAPTER", str(a))
-    assert find_batch(store, ids, pin_adapter(BatchSpec(now=NOW, index_cutoff=NOW)).model_dump()) is None
+    assert find_batch(store, ids, pin_spec(BatchSpec(now=NOW, index_cutoff=NOW)).model_dump()) is None
 
 
 def test_a_batch_pins_the_small_model_prompt_sizes_and_an_older_batch_is_not_reused(tmp_path, monkeypatch):
     """The embedded model's prompt sizes are written into the batch's overrides when it is created
     (an explicit --set wins), so a batch from before a change of those defaults is not reused."""
     from agents.context import SMALL_MODEL_PROMPT
-    from batch.runner import pin_adapter
+    from batch.runner import pin_spec
     from evals.tag_eval import find_batch
 
     for var in ("INTENTREC_LLM_CONFIG", "INTENTREC_LLM_PROFILE", "INTENTREC_LLM_BACKEND", "INTENTREC_LLM_MODEL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("INTENTREC_LLM_ADAPTER", "none")
-    local = pin_adapter(BatchSpec(now=NOW, overrides={"tags_only": True}))
+    local = pin_spec(BatchSpec(now=NOW, overrides={"tags_only": True}))
     assert local.overrides == {**SMALL_MODEL_PROMPT, "tags_only": True}
-    mine = pin_adapter(BatchSpec(now=NOW, overrides={"history_budget": 1500, "catalogue_size": None}))
+    mine = pin_spec(BatchSpec(now=NOW, overrides={"history_budget": 1500, "catalogue_size": None}))
     assert mine.overrides["history_budget"] == 1500 and mine.overrides["catalogue_size"] is None
     assert mine.overrides["tags_per_expert"] == SMALL_MODEL_PROMPT["tags_per_expert"]
     # a server whose model is not the small one keeps the template defaults; one serving it gets the sizes
-    big = pin_adapter(BatchSpec(now=NOW, backend="openai", model="Qwen2.5-7B", base_url="http://127.0.0.1:9/v1"))
+    big = pin_spec(BatchSpec(now=NOW, backend="openai", model="Qwen2.5-7B", base_url="http://127.0.0.1:9/v1"))
     assert big.overrides == {}
-    small = pin_adapter(BatchSpec(now=NOW, backend="openai", model="HuggingFaceTB/SmolLM2-135M-Instruct",
+    small = pin_spec(BatchSpec(now=NOW, backend="openai", model="HuggingFaceTB/SmolLM2-135M-Instruct",
                                   base_url="http://127.0.0.1:9/v1"))
     assert small.overrides == SMALL_MODEL_PROMPT
 
@@ -412,7 +412,7 @@ def test_a_batch_pins_the_small_model_prompt_sizes_and_an_older_batch_is_not_reu
                                      .model_dump())
     assert find_batch(store, ids, local.model_dump()) is None
     newer = BatchStore(store).create(ids, spec=local.model_dump())
-    assert find_batch(store, ids, pin_adapter(BatchSpec(now=NOW, overrides={"tags_only": True})).model_dump()) == newer
+    assert find_batch(store, ids, pin_spec(BatchSpec(now=NOW, overrides={"tags_only": True})).model_dump()) == newer
     assert older != newer
 
 
