@@ -59,6 +59,9 @@ class Context:
     n_tags: int = 30
     #: most tags one expert writes (K experts x this is the arbiter's pool before the candidate tools)
     tags_per_expert: int = 15
+    #: intents one expert writes: 2 (an interest each, every tag names the one it serves) or 1 (the
+    #: tags serve it, and carry no index: fewer tokens to decode)
+    intents_per_expert: int = 2
     #: stop after the tag judge (prepare -> planner -> experts -> arbiter -> tag judge): no retrieval or
     #: explanations; what ``eval tags`` scores
     tags_only: bool = False
@@ -127,10 +130,11 @@ class Context:
 #: training prompts, which must be what the graph renders). Chosen on the validation split, not the
 #: test window (docs/performance.md, "The compact prompt"): a shorter history, the expert's enum cut
 #: to the candidate tools' first phrases, fewer tags per expert and no CANDIDATES evidence section
-#: (the enum already holds the tools' phrases; the tags came out the same without it). The prompt the 135M model
-#: reads is then about half as long, and what it leaves out it did not use.
+#: (the enum already holds the tools' phrases; the tags came out the same without it), and one intent
+#: per expert (its tags then carry no intent index: fewer tokens to decode, the same tag sets). The
+#: prompt the 135M model reads is then about half as long, and what it leaves out it did not use.
 SMALL_MODEL_PROMPT: dict[str, Any] = {"history_budget": 300, "catalogue_size": 30, "tags_per_expert": 5,
-                                      "evidence_per_tool": 0}
+                                      "evidence_per_tool": 0, "intents_per_expert": 1}
 
 
 #: Context fields that are live objects or computed per run, not settings a command line can give

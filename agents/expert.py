@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, create_model
 from agents.common import call_agent
 from agents.context import Context
 
-#: intents per expert answer
+#: the most intents one expert answer may hold (``Context.intents_per_expert`` chooses 1 or 2)
 MAX_INTENTS = 2
 
 
@@ -42,8 +42,12 @@ TAG_PATTERN = rf"^{_TAG_WORD}( {_TAG_WORD}){{1,3}}$"
 TAG_MAX_CHARS = 4 * TAG_WORD_CHARS + 3
 
 
-class TagProposal(BaseModel):
+class TagChoice(BaseModel):
+    """A tag of an expert with one intent: it serves that intent, so it carries no index."""
     tag: str = Field(min_length=3, max_length=TAG_MAX_CHARS, pattern=TAG_PATTERN, description="modifier + core word, 2 to 4 words")
+
+
+class TagProposal(TagChoice):
     #: which of the expert's intents the tag serves, by position (0 = the first): one token, where a
     #: copied text was up to 40 (a 135M model filled it with "1. 1. 1. …"). The tag carries that
     #: intent's interest and reason.
@@ -51,19 +55,29 @@ class TagProposal(BaseModel):
 
 
 @lru_cache(maxsize=64)
-def expert_schema(n_tags: int, vocabulary: tuple[str, ...] | None = None) -> type[BaseModel]:
+def expert_schema(n_tags: int, vocabulary: tuple[str, ...] | None = None,
+                  n_intents: int = MAX_INTENTS) -> type[BaseModel]:
     """``vocabulary`` (the ``catalogue`` tag mode): tags must be one of these catalogue phrases, so a
-    grammar-constrained model can only name product types the shop sells."""
-    proposal = TagProposal
+    grammar-constrained model can only name product types the shop sells. ``n_intents`` (1 or
+    ``MAX_INTENTS``): with one intent the tags carry no intent index (``TagChoice``), which is one
+    field fewer per tag to decode."""
+    if not 1 <= n_intents <= MAX_INTENTS:
+        raise ValueError(f"intents_per_expert must be 1 to {MAX_INTENTS}, got {n_intents}")
+    proposal = TagProposal if n_intents > 1 else TagChoice
     if vocabulary:
-        proposal = create_model("TagProposal", __base__=TagProposal,
+        proposal = create_model(proposal.__name__, __base__=proposal,
                                 # no description: a small model copies it into other fields
                                 tag=(Literal[vocabulary], Field()))
     return create_model(
         "ExpertOutput",
-        intents=(list[Intent], Field(min_length=1, max_length=MAX_INTENTS)),
+        intents=(list[Intent], Field(min_length=1, max_length=n_intents)),
         tags=(list[proposal], Field(min_length=1, max_length=n_tags)),
     )
+
+
+def intents_of(schema: type[BaseModel]) -> int:
+    """The most intents an ``expert_schema`` answer holds (its tags carry an intent index when > 1)."""
+    return schema.model_json_schema()["properties"]["intents"]["maxItems"]
 
 
 def expert_variables(ctx: Context, shared_context: str, persona: dict, feedback: str = "",
@@ -72,12 +86,12 @@ def expert_variables(ctx: Context, shared_context: str, persona: dict, feedback:
     loop's dataset renders (``learning.dataset``), from one place."""
     return {"shared_context": shared_context, "vocabulary": list(vocabulary or ()), "persona_name": persona["name"],
             "persona_focus": persona["focus"], "persona_evidence": persona.get("evidence", ""),
-            "n_tags": ctx.tags_per_expert, "feedback": feedback}
+            "n_tags": ctx.tags_per_expert, "n_intents": ctx.intents_per_expert, "feedback": feedback}
 
 
 def propose(ctx: Context, shared_context: str, persona: dict, feedback: str = "",
             vocabulary: tuple[str, ...] | None = None) -> tuple[BaseModel, dict]:
     return call_agent(
-        ctx, node="expert", role="expert", template="expert", schema=expert_schema(ctx.tags_per_expert, vocabulary),
+        ctx, node="expert", role="expert", template="expert", schema=expert_schema(ctx.tags_per_expert, vocabulary, ctx.intents_per_expert),
         subject=persona["name"], **expert_variables(ctx, shared_context, persona, feedback, vocabulary),
     )

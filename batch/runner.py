@@ -62,6 +62,10 @@ class BatchSpec(BaseModel):
     adapter: str | None = None
     adapter_id: str | None = None
     seed: int | None = None  # of the --users sample (a record; the users themselves are stored)
+    #: template name -> its sha256[:16], for every template the runs may render (``prompts`` folder
+    #: included), pinned when the batch is created (``pin_spec``): a reuse check compares them, and a
+    #: resume refuses templates that changed since
+    prompt_refs: dict[str, str] = Field(default_factory=dict)
     selection: dict[str, int] = Field(default_factory=dict)  # users left out when choosing, and why
 
 
@@ -78,6 +82,14 @@ def build_rec(spec: BatchSpec, store: RunLog, *, progress: bool = False, n_threa
     if fn is not None:
         return fn(store)
     from intentrec.service import IntentRec
+
+    if spec.prompt_refs:
+        now = prompt_refs(spec.prompts)
+        changed = sorted(k for k in spec.prompt_refs.keys() | now.keys() if spec.prompt_refs.get(k) != now.get(k))
+        if changed:
+            raise BatchError(f"the prompt templates {changed} changed since this batch was created "
+                             f"(pinned {[spec.prompt_refs.get(k) for k in changed]}, now {[now.get(k) for k in changed]}): "
+                             "its runs cannot be continued as they began; start a new batch")
 
     retrieval = None
     if spec.index_cutoff:
@@ -99,6 +111,14 @@ def llm_settings(spec: BatchSpec, *, n_threads: int | None = None) -> Any:
                                             "n_threads": n_threads, "adapter": spec.adapter}.items() if v})
 
 
+def prompt_refs(prompts_dir: str | None) -> dict[str, str]:
+    """Each template's sha256[:16], as the runs of a batch with this ``prompts`` folder load them."""
+    from prompts.registry import PromptRegistry
+
+    reg = PromptRegistry([prompts_dir] if prompts_dir else None)
+    return {name: reg.get(name).ref["sha256"] for name in reg.names()}
+
+
 def pin_spec(spec: BatchSpec) -> BatchSpec:
     """``spec`` with what the environment would otherwise decide later fixed now. The local backend's
     LoRA adapter is resolved now (``LLMSettings.adapter_path``: the
@@ -107,11 +127,15 @@ def pin_spec(spec: BatchSpec) -> BatchSpec:
     spec that already names its adapter. Where runs get the small-model defaults, their prompt sizes
     (``agents.context.SMALL_MODEL_PROMPT``) are pinned into ``overrides`` too (an explicit override
     wins), so a batch made before those defaults changed is neither resumed with nor reused for the
-    new ones."""
+    new ones. The templates' hashes are pinned likewise (``prompt_refs``)."""
     from agents.context import SMALL_MODEL_PROMPT
     from llm.local import adapter_id
 
-    if spec.factory or spec.adapter:
+    if spec.factory:
+        return spec
+    if not spec.prompt_refs:
+        spec = spec.model_copy(update={"prompt_refs": prompt_refs(spec.prompts)})
+    if spec.adapter:
         return spec
     settings = llm_settings(spec)
     if settings.small_model():

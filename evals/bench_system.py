@@ -562,10 +562,11 @@ def section_prefix(res: Resources, *, user: str, reps: int = 1, n_personas: int 
                 for name in ("Family Cook", "Snack Lover", "Home Care", "Fresh Eater", "Baker")[:n_personas]]
     planner_msgs = ctx.prompts.get("planner").render(shared_context=shared, k=n_personas, feedback="")
     vocab = tuple(prepared.tag_vocabulary) or None
-    e_schema = expert_schema(n_tags, vocab)
+    e_schema = expert_schema(n_tags, vocab, ctx.intents_per_expert)
     expert_msgs = [ctx.prompts.get("expert").render(shared_context=shared, persona_name=p["name"],
                                                     persona_focus=p["focus"], persona_evidence=p["evidence"],
-                                                    n_tags=n_tags, feedback="") for p in personas]
+                                                    n_tags=n_tags, n_intents=ctx.intents_per_expert, feedback="")
+                   for p in personas]
     calls = [("planner", planner_msgs, planner_schema(n_personas))] + [("expert", m, e_schema) for m in expert_msgs]
     opts = {**model.completion_kwargs(), "max_tokens": 1}
 

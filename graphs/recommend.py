@@ -243,7 +243,7 @@ def build_graph(*, dataset: Dataset, retriever: Any, checkpointer: Any = None, j
         intents = list(out.intents)
         sources = payload.get("sources") or {}
         proposals = [
-            {"tag": t.tag.strip(), "persona": persona["name"], "intent": (i := intents[min(t.intent, len(intents) - 1)]).interest,
+            {"tag": t.tag.strip(), "persona": persona["name"], "intent": (i := intents[min(getattr(t, "intent", 0), len(intents) - 1)]).interest,
              "reason": i.reason, "evidence": persona.get("evidence", ""),
              # which candidate tool offered this phrase, or "free" (the model wrote it itself)
              "source": sources.get(normalize(t.tag), "free")}

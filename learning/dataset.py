@@ -41,7 +41,7 @@ import numpy as np
 import polars as pl
 
 from agents.context import SMALL_MODEL_PROMPT, Context, Environment
-from agents.expert import MAX_INTENTS, expert_schema, expert_variables
+from agents.expert import expert_schema, expert_variables, intents_of
 from behavior.schema import Dataset
 from graphs.prepare import prepare_user
 from graphs.recommend import top_categories
@@ -160,11 +160,14 @@ def persona_targets(personas: Sequence[dict], persona_categories: Sequence[str],
 
 def target_json(tags: Sequence[tuple[str, bool]], persona: dict, schema: Any) -> str:
     """The expert's answer for ``tags``: intent 0 restocks the persona's own kind of product, intent 1
-    (when a tag is new to the household) tries something new; validated against ``schema``."""
+    (when a tag is new to the household) tries something new; validated against ``schema``. A schema
+    of one intent (``Context.intents_per_expert``) gets the first, and tags with no intent index."""
     intents = [{"interest": f"restock {persona['focus'].removeprefix('buys ')}"[:40], "reason": "bought it before"}]
-    if any(new for _, new in tags) and MAX_INTENTS > 1:
+    two = intents_of(schema) > 1
+    if any(new for _, new in tags) and two:
         intents.append({"interest": "try something new"[:40], "reason": "similar households buy it"})
-    obj = {"intents": intents, "tags": [{"tag": t, "intent": 1 if new and len(intents) > 1 else 0} for t, new in tags]}
+    obj = {"intents": intents,
+           "tags": [{"tag": t, "intent": 1 if new and len(intents) > 1 else 0} if two else {"tag": t} for t, new in tags]}
     schema.model_validate(obj)
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
@@ -212,7 +215,7 @@ def build_examples(dataset: Dataset, config: BuildConfig, *, prompts: PromptRegi
             if wt.height:
                 t_max = wt["first_ts"].max()
                 last_ts = t_max if last_ts is None or t_max > last_ts else last_ts
-            schema = expert_schema(config.tags_per_expert, vocab)
+            schema = expert_schema(config.tags_per_expert, vocab, ctx.intents_per_expert)
             per = persona_targets(personas, [cat for cat, _ in top[:len(personas)]], bought, config.tags_per_expert,
                                   min_per_persona=config.min_targets)
             stats.users += 1
@@ -231,7 +234,7 @@ def build_examples(dataset: Dataset, config: BuildConfig, *, prompts: PromptRegi
                              "meta": {"stage": "task", "user_id": str(u), "cutoff": f"{c:%Y-%m-%d}",
                                       "window_end": f"{end:%Y-%m-%d}", "persona": persona["name"],
                                       "targets": len(tags), "new_targets": sum(1 for _, n in tags if n),
-                                      "vocabulary": list(vocab),
+                                      "vocabulary": list(vocab), "intents": ctx.intents_per_expert,
                                       # what the reward needs (learning.reward): the window's categories,
                                       # those new to the household, each phrase's category, recent buys
                                       "target_categories": sorted(window_cats),

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
-from agents.expert import expert_schema
+from agents.expert import MAX_INTENTS, expert_schema
 from agents.tag_rules import keyed, normalize
 from learning.reward import Reward, RewardConfig, score
 
@@ -59,7 +59,9 @@ def _messages(prompt: Sequence[dict]) -> list[BaseMessage]:
 def sample_answers(model: Any, row: dict, config: SelfTrainConfig, index: int) -> list[tuple[str, int]]:
     """``config.samples`` answers (text, generated tokens) to ``row``'s prompt, sent together. The
     model must not add its own schema hint (the row's prompt already holds the graph's)."""
-    schema = expert_schema(config.n_tags, tuple(row["meta"]["vocabulary"])).model_json_schema()
+    # rows built before intents_per_expert existed were rendered with two intents
+    schema = expert_schema(config.n_tags, tuple(row["meta"]["vocabulary"]),
+                           row["meta"].get("intents", MAX_INTENTS)).model_json_schema()
     msgs = _messages(row["prompt"])
     out: list[tuple[str, int]] = [("", 0)] * config.samples
     errors: list[BaseException] = []

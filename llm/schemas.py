@@ -139,11 +139,12 @@ def for_xgrammar(node: Any) -> Any:
     return out
 
 
-#: an ``enum`` longer than this is shown in the schema hint by its first 8 values only: the
-#: grammar (or the server) enforces the whole list, and a prompt that needs the model to see every
-#: value lists it once in a part shared between calls (the expert's product types), not in the
-#: hint at the end of every prompt
+#: an ``enum`` longer than this is shown in the schema hint by its first ``HINT_ENUM_SAMPLE`` values
+#: only: the grammar (or the server) enforces the whole list, and a prompt that needs the model to
+#: see every value lists it once in a part shared between calls (the expert's product types), not in
+#: the hint. A few values show the form; more only lengthen every prompt that has the hint
 HINT_ENUM_MAX = 16
+HINT_ENUM_SAMPLE = 3
 
 
 def compact_schema(schema: dict[str, Any], *, max_enum: int | None = None) -> dict[str, Any]:
@@ -159,7 +160,7 @@ def _sample_enums(node: Any, max_enum: int) -> Any:
     out = {k: _sample_enums(v, max_enum) for k, v in node.items()}
     enum = node.get("enum")
     if isinstance(enum, list) and len(enum) > max_enum:
-        out["enum"] = enum[:8]  # no "... N more" marker: a small model copied it into other fields
+        out["enum"] = enum[:HINT_ENUM_SAMPLE]  # no "... N more" marker: a small model copied it into other fields
     return out
 
 

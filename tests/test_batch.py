@@ -416,6 +416,33 @@ def test_a_batch_pins_the_small_model_prompt_sizes_and_an_older_batch_is_not_reu
     assert older != newer
 
 
+def test_a_batch_pins_its_prompt_templates_and_a_changed_template_is_neither_reused_nor_resumed(tmp_path, monkeypatch):
+    """Each template's hash is pinned when the batch is created: after a template changes, the same
+    users and settings make a new batch, and resuming the old one is refused, naming the template."""
+    import shutil
+
+    from batch.runner import BatchError, build_rec, pin_spec
+    from evals.tag_eval import find_batch
+    from prompts.registry import BUILTIN_DIR, PromptRegistry
+
+    monkeypatch.delenv("INTENTREC_PROMPTS_DIR", raising=False)
+    monkeypatch.setenv("INTENTREC_LLM_ADAPTER", "none")
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    shutil.copy(BUILTIN_DIR / "expert.prompt", folder / "expert.prompt")
+    spec = pin_spec(BatchSpec(now=NOW, prompts=str(folder)))
+    assert spec.prompt_refs == {n: t.ref["sha256"] for n, t in PromptRegistry([folder]).templates.items()}
+    assert set(spec.prompt_refs) >= {"expert", "planner", "arbiter"}
+    store = RunLog(tmp_path / "runs.sqlite")
+    bid = BatchStore(store).create(["1"], spec=spec.model_dump())
+    assert find_batch(store, ["1"], pin_spec(BatchSpec(now=NOW, prompts=str(folder))).model_dump()) == bid
+    text = (folder / "expert.prompt").read_text()
+    (folder / "expert.prompt").write_text(text.replace("Answer with JSON only.", "Answer with JSON only, please."))
+    assert find_batch(store, ["1"], pin_spec(BatchSpec(now=NOW, prompts=str(folder))).model_dump()) is None
+    with pytest.raises(BatchError, match=r"\['expert'\] changed since this batch was created"):
+        build_rec(spec, store)
+
+
 def test_build_rec_passes_the_pinned_adapter_to_the_llm_settings(monkeypatch):
     from batch import runner
     from intentrec.service import IntentRec

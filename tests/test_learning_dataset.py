@@ -76,7 +76,10 @@ def test_targets_are_valid_expert_answers_from_the_enum(built):
         # as long as the reward's length gate asks (RewardConfig.min_tags), so SFT teaches passing lists
         assert RewardConfig().min_tags <= len(answer["tags"]) <= 15 and len(answer["tags"]) == r["meta"]["targets"]
         assert {t["tag"] for t in answer["tags"]} <= set(r["meta"]["vocabulary"])
-        expert_schema(15, tuple(r["meta"]["vocabulary"])).model_validate(answer)
+        # the small-model profile's one intent per expert: its tags carry no intent index
+        assert r["meta"]["intents"] == SMALL_MODEL_PROMPT["intents_per_expert"] == len(answer["intents"]) == 1
+        assert all(set(t) == {"tag"} for t in answer["tags"])
+        expert_schema(15, tuple(r["meta"]["vocabulary"]), r["meta"]["intents"]).model_validate(answer)
     # the K personas of a user learn different lists
     by_user: dict[str, list[str]] = {}
     for r in (r for r in rows if r["meta"]["stage"] == "task"):
@@ -95,7 +98,7 @@ def test_prompts_are_the_graphs_expert_prompts(cj, items, built, tmp_path):
         if schema is None or schema.__name__ != "ExpertOutput":
             return None
         defs = schema.model_json_schema()["$defs"]
-        enum = next(v for k, v in defs.items() if k.startswith("TagProposal"))["properties"]["tag"]["enum"]
+        enum = next(v for k, v in defs.items() if k.startswith("TagChoice"))["properties"]["tag"]["enum"]
         return {"intents": [{"interest": "restock", "reason": "habit"}], "tags": [{"tag": t} for t in enum[:2]]}
 
     rec = IntentRec(dataset=cj, retriever=FakeRetriever(items), models={"default": make_model(k=3, extra_rules=[from_enum])},
@@ -111,7 +114,8 @@ def test_prompts_are_the_graphs_expert_prompts(cj, items, built, tmp_path):
         if c["subject"] not in ours:  # a persona without a bought type in the window has no example
             continue
         msgs = [kinds[m["role"]](m["content"]) for m in c["messages"]]
-        schema = expert_schema(SMALL_MODEL_PROMPT["tags_per_expert"], tuple(ours[c["subject"]]["meta"]["vocabulary"]))
+        schema = expert_schema(SMALL_MODEL_PROMPT["tags_per_expert"], tuple(ours[c["subject"]]["meta"]["vocabulary"]),
+                               SMALL_MODEL_PROMPT["intents_per_expert"])
         expected = LocalChatModel().prepare(msgs, json_schema=schema.model_json_schema()).messages
         assert ours[c["subject"]]["prompt"] == expected
         compared += 1
@@ -147,6 +151,11 @@ def test_target_json_is_checked_against_the_enum():
                    "tags": [{"tag": "white bread", "intent": 0}, {"tag": "green tea", "intent": 1}]}
     with pytest.raises(pydantic.ValidationError):
         target_json([("hot cocoa", False)], persona, schema)
+    # a one-intent schema: the restock intent only, and tags with no intent index
+    one = json.loads(target_json([("white bread", False), ("green tea", True)], persona,
+                                 expert_schema(15, ("white bread", "green tea"), 1)))
+    assert one == {"intents": [{"interest": "restock bakery", "reason": "bought it before"}],
+                   "tags": [{"tag": "white bread"}, {"tag": "green tea"}]}
 
 
 def test_curriculum_complement_is_the_highest_lift_partner():

@@ -138,12 +138,12 @@ def test_schema_hint_shows_a_sample_of_a_long_enum():
     only, so a long list is not paid again in every call's uncached suffix."""
     import json as _json
 
-    from llm.schemas import HINT_ENUM_MAX, schema_hint_text
+    from llm.schemas import HINT_ENUM_MAX, HINT_ENUM_SAMPLE, schema_hint_text
 
     values = [f"product type {i}" for i in range(40)]
     schema = {"type": "object", "properties": {"tag": {"enum": values}, "mode": {"enum": ["a", "b"]}}}
     hint = _json.loads(schema_hint_text(schema).split("\n", 1)[1])
-    assert hint["properties"]["tag"]["enum"] == values[:8]
+    assert hint["properties"]["tag"]["enum"] == values[:HINT_ENUM_SAMPLE] == values[:3]
     assert hint["properties"]["mode"]["enum"] == ["a", "b"]  # short enums are shown whole
     assert len(values) > HINT_ENUM_MAX
     assert compact_schema(schema)["properties"]["tag"]["enum"] == values  # the schema itself is untouched

@@ -124,6 +124,34 @@ def test_expert_tags_record_which_tool_offered_them(cj, items, user_id):
                                                                   ("family frozen pizza", "complement")]
 
 
+def test_one_intent_expert_asks_for_tags_without_an_intent_index(cj, items):
+    """``intents_per_expert=1``: the schema holds one intent and bare tags, the prompt asks for one
+    intent and no intent numbers, and every tag carries that intent."""
+    g = build_graph(dataset=cj, retriever=FakeRetriever(items))
+    seen = []
+
+    def record(messages, schema):  # answers like the default rule, after noting what was asked
+        if schema is not None and schema.__name__ == "ExpertOutput":
+            seen.append((schema.model_json_schema(), str(messages[-1].content)))
+        return None
+
+    ctx = Context(models={"default": make_model(k=2, extra_rules=[record])}, prompts=PromptRegistry(),
+                  env=Environment.at(NOW), n_personas=2, n_tags=3, intents_per_expert=1)
+    persona = {"name": "Family Cook", "focus": "dinners", "evidence": ""}
+    ex = run_node(g, "expert", {"persona": persona, "shared_context": "CTX"}, ctx)
+    (schema, text), = seen
+    assert schema["properties"]["intents"]["maxItems"] == 1
+    tag_def = schema["$defs"][schema["properties"]["tags"]["items"]["$ref"].rsplit("/", 1)[1]]
+    assert set(tag_def["properties"]) == {"tag"}
+    assert "Write 1 intent the PERSONA" in text and "number of the intent" not in text
+    assert [(p["tag"], p["intent"]) for p in ex["proposals"]] == [("family organic cereal", "family refresh"),
+                                                                  ("family frozen pizza", "family refresh")]
+    # two intents (the default): the index is asked for, and the prompt says how
+    assert "intent" in expert_schema(3, None, 2).model_json_schema()["$defs"]["TagProposal"]["properties"]
+    with pytest.raises(ValueError, match="intents_per_expert"):
+        expert_schema(3, None, 3)
+
+
 def test_grammar_enum_is_the_candidate_tools_pool(cj, user_id):
     ctx = _ctx(tag_vocabulary="catalogue")
     prep = prepare_user(cj, user_id, ctx)
@@ -131,7 +159,7 @@ def test_grammar_enum_is_the_candidate_tools_pool(cj, user_id):
     assert len(phrases) >= 30 and {c["tool"] for c in prep.tag_candidates} >= {"own", "collaborative"}
     assert prep.tag_vocabulary == [p for p in phrases if p not in prep.recent_purchases]
     enum = expert_schema(15, tuple(prep.tag_vocabulary)).model_json_schema()
-    tag_enum = next(v for k, v in enum["$defs"].items() if k.startswith("TagProposal"))["properties"]["tag"]["enum"]
+    tag_enum = next(v for k, v in enum["$defs"].items() if k.startswith("Tag"))["properties"]["tag"]["enum"]
     assert tag_enum == prep.tag_vocabulary
     # the shared context shows the tools' evidence, fenced as data
     assert "CANDIDATES (product types" in prep.shared_context
