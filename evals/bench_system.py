@@ -487,11 +487,9 @@ def _batches(store: Any) -> list[dict[str, Any]]:
 
 
 def scripted_rec(dataset: Any, *, delay_s: float, runlog: Any, retriever: Any = None, **ctx: Any) -> Any:
-    from evals.bench_fixtures import SliceRetriever, agent_model
-    from intentrec.service import IntentRec
+    from evals.bench_fixtures import scripted_intentrec
 
-    return IntentRec(dataset=dataset, retriever=retriever or SliceRetriever.from_dataset(dataset),
-                     models={"default": agent_model(delay_s)}, runlog=runlog, **ctx)
+    return scripted_intentrec(dataset, delay_s=delay_s, runlog=runlog, retriever=retriever, **ctx)
 
 
 def section_overhead_scripted(res: Resources, *, users: int, workdir: Path, profile: bool = True,

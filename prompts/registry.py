@@ -38,11 +38,12 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
-from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
@@ -124,7 +125,13 @@ class PromptTemplate:
                 f"render of {self.name!r}: missing variables {sorted(missing)}, unexpected {sorted(extra)}",
                 file=self.path,
             )
-        return _ENV.from_string(self.source).render(**variables)
+        return self.compiled.render(**variables)
+
+    @cached_property
+    def compiled(self) -> Template:
+        """The template compiled once (Jinja compiles from source each time it is asked to, which
+        cost more than the rest of a run's Python work); a compiled template renders from any thread."""
+        return _ENV.from_string(self.source)
 
     def render(self, **variables: Any) -> list[BaseMessage]:
         text = self.render_text(**variables)

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import BaseMessage
+from pydantic import BaseModel
 
 from core.errors import IntentRecError
 from core.processes import pid_alive, start_ticks
@@ -257,6 +258,8 @@ def plain(obj: Any) -> Any:
         return obj
     if isinstance(obj, BaseMessage):
         return {"role": obj.type, "content": plain(obj.content)}
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")  # already JSON types: str keys, lists, no models
     if hasattr(obj, "model_dump"):
         return plain(obj.model_dump(mode="json"))
     if type(obj).__name__ == "Overwrite" and hasattr(obj, "value"):
@@ -276,27 +279,44 @@ def plain(obj: Any) -> Any:
 
 def compact(obj: Any, *, max_str: int = 300, max_items: int = 40, depth: int = 6) -> Any:
     """A small JSON-able summary of ``obj``: strings, lists and dicts capped (an ellipsis marks what
-    was cut), for task inputs and outputs. Rendered prompts and raw outputs are stored in full."""
-    obj = plain(obj)
+    was cut), for task inputs and outputs. Rendered prompts and raw outputs are stored in full.
+    Equal to capping ``plain(obj)``, in one pass that converts only what the caps keep (a task's
+    input holds the whole graph state, most of which the caps cut)."""
     return _cap(obj, max_str, max_items, depth)
 
 
 def _cap(obj: Any, max_str: int, max_items: int, depth: int) -> Any:
+    if obj is None or isinstance(obj, bool | int | float):
+        return obj
+    if not isinstance(obj, str | dict | list | tuple | set | frozenset):
+        # what ``plain`` turns into a dict, a list or a string: converted one level, then capped
+        if isinstance(obj, BaseMessage):
+            obj = {"role": obj.type, "content": obj.content}
+        elif hasattr(obj, "model_dump"):
+            obj = obj.model_dump(mode="json")
+        elif type(obj).__name__ == "Overwrite" and hasattr(obj, "value"):
+            return _cap(obj.value, max_str, max_items, depth)
+        elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            obj = dataclasses.asdict(obj)
+        else:
+            obj = plain(obj)
     if isinstance(obj, str):
         return obj if len(obj) <= max_str else obj[: max_str - 1] + "…"
-    if depth <= 0 and isinstance(obj, dict | list):
-        return f"<{type(obj).__name__} of {len(obj)}>"
     if isinstance(obj, dict):
-        out = {k: _cap(v, max_str, max_items, depth - 1) for k, v in list(obj.items())[:max_items]}
-        if len(obj) > max_items:
-            out["…"] = f"{len(obj) - max_items} more keys"
+        items = {str(k): v for k, v in obj.items()} if not all(type(k) is str for k in obj) else obj
+        if depth <= 0:
+            return f"<dict of {len(items)}>"
+        out = {k: _cap(v, max_str, max_items, depth - 1) for k, v in list(items.items())[:max_items]}
+        if len(items) > max_items:
+            out["…"] = f"{len(items) - max_items} more keys"
         return out
-    if isinstance(obj, list):
-        out_l = [_cap(v, max_str, max_items, depth - 1) for v in obj[:max_items]]
-        if len(obj) > max_items:
-            out_l.append(f"… {len(obj) - max_items} more")
-        return out_l
-    return obj
+    seq = obj if isinstance(obj, list | tuple) else list(obj)
+    if depth <= 0:
+        return f"<list of {len(seq)}>"
+    out_l = [_cap(v, max_str, max_items, depth - 1) for v in seq[:max_items]]
+    if len(seq) > max_items:
+        out_l.append(f"… {len(seq) - max_items} more")
+    return out_l
 
 
 def dumps(obj: Any) -> str | None:

@@ -376,3 +376,57 @@ def test_corrupted_pages_are_one_run_log_error(tmp_path, monkeypatch, capsys):
 
     code, out, err = run_cli(["runs", "list"], monkeypatch, capsys)
     assert code == 2 and "the run log is damaged" in out + err and "Traceback" not in out + err
+
+
+def test_compact_caps_as_plain_then_cap_would_without_converting_what_it_cuts():
+    """``compact`` in one pass equals capping the full ``plain`` copy (the reference below), for
+    pydantic models, messages, dataclasses, tuples, sets, dates, paths and non-string keys; and it
+    never converts a value past the item cap."""
+    import dataclasses
+    from datetime import date
+
+    from langchain_core.messages import HumanMessage
+    from langgraph.types import Overwrite
+    from pydantic import BaseModel
+
+    from runlog.store import compact, plain
+
+    def reference(obj, max_str, max_items, depth):
+        if isinstance(obj, str):
+            return obj if len(obj) <= max_str else obj[: max_str - 1] + "…"
+        if depth <= 0 and isinstance(obj, dict | list):
+            return f"<{type(obj).__name__} of {len(obj)}>"
+        if isinstance(obj, dict):
+            out = {k: reference(v, max_str, max_items, depth - 1) for k, v in list(obj.items())[:max_items]}
+            if len(obj) > max_items:
+                out["…"] = f"{len(obj) - max_items} more keys"
+            return out
+        if isinstance(obj, list):
+            out_l = [reference(v, max_str, max_items, depth - 1) for v in obj[:max_items]]
+            if len(obj) > max_items:
+                out_l.append(f"… {len(obj) - max_items} more")
+            return out_l
+        return obj
+
+    class Tag(BaseModel):
+        tag: str
+        score: float
+
+    @dataclasses.dataclass
+    class Box:
+        when: date
+        where: Path
+        items: tuple
+
+    state = {"tags": [Tag(tag="t" * 50, score=0.5) for _ in range(7)], 3: "int key", "msg": HumanMessage("x" * 90),
+             "box": Box(date(2017, 10, 1), Path("/a/b"), tuple(range(9))), "set": {"only"},
+             "over": Overwrite(["a", "b", "c", "d", "e", "f"]), "deep": {"a": {"b": {"c": {"d": [1, [2, [3]]]}}}},
+             "none": None, "flag": True, "other": object.__new__(type("Odd", (), {"__repr__": lambda s: "odd!"}))}
+    for caps in [(20, 3, 3), (400, 60, 6), (5, 1, 1), (10, 2, 0)]:
+        assert compact(state, max_str=caps[0], max_items=caps[1], depth=caps[2]) == reference(plain(state), *caps), caps
+
+    class Exploding(BaseModel):
+        def model_dump(self, **kw):  # noqa: ARG002
+            raise AssertionError("converted a value the cap cuts")
+
+    assert compact([1, 2, Exploding()], max_items=2) == [1, 2, "… 1 more"]
