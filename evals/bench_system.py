@@ -83,6 +83,8 @@ SERVER_CONTEXT = {"n_personas": 1, "n_tags": 1, "n_items": 1, "history_budget": 
                   "regen_limit": 0}
 #: near-linear: parallel efficiency (speedup / concurrency) at least this at every level
 NEAR_LINEAR_EFFICIENCY = 0.8
+#: [2/7]'s scripted-model target: users/min at concurrency 8 over concurrency 1, run log as shipped
+SCRIPTED_SPEEDUP_AT_8 = 6.0
 #: per-user targets on the embedded model ([2/7]): end to end, and the tags-only part
 USER_MEDIAN_S, USER_P95_S, TAGS_MEDIAN_S = 30.0, 60.0, 12.0
 
@@ -695,6 +697,21 @@ def section_throughput_scripted(res: Resources, *, levels: Sequence[int], users:
     return out
 
 
+def scripted_x6_target(variants: dict[str, Any]) -> dict[str, Any]:
+    """Speedup from concurrency 1 to 8 of every scripted variant; the target is judged on the run log
+    as shipped (``full``). None where a variant lacks level 1 or 8."""
+    def at8(tab: dict[str, Any]) -> float | None:
+        rows = tab.get("by_concurrency") or {}
+        one, eight = (rows.get("1") or {}).get("users_per_min"), (rows.get("8") or {}).get("users_per_min")
+        return _r(eight / one, 3) if one and eight is not None else None
+
+    measured = {name: at8(tab) for name, tab in variants.items()}
+    full = measured.get("full")
+    return {"measured": measured or None, "target": f"users/min at concurrency 8 >= {SCRIPTED_SPEEDUP_AT_8:g}x "
+            "concurrency 1, run log as shipped ('full')",
+            "pass": None if full is None else full >= SCRIPTED_SPEEDUP_AT_8}
+
+
 def _parse_server_log(text: str) -> dict[str, Any]:
     num = r"([0-9.]+)"
     pe = [(float(a), int(b)) for a, b in re.findall(rf"prompt eval time =\s+{num} ms /\s+(\d+) tokens", text)]
@@ -1029,6 +1046,8 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
             "pass": all(e is not None and e >= NEAR_LINEAR_EFFICIENCY for e in effs.values())}
     else:
         out["scripted_throughput_near_linear_1_to_8"] = {"measured": None, "pass": None}
+    out["scripted_throughput_x6_1_to_8"] = scripted_x6_target(
+        ((s.get("throughput") or {}).get("scripted") or {}).get("variants") or {})
     vl = (s.get("throughput") or {}).get("vllm") or {}
     rows = vl.get("by_concurrency") or {}
     if "1" in rows and "8" in rows and rows["1"]["users_per_min"]:
