@@ -75,6 +75,7 @@ def expert_schema(n_tags: int, vocabulary: tuple[str, ...] | None = None,
     )
 
 
+@lru_cache(maxsize=64)
 def intents_of(schema: type[BaseModel]) -> int:
     """The most intents an ``expert_schema`` answer holds (its tags carry an intent index when > 1)."""
     return schema.model_json_schema()["properties"]["intents"]["maxItems"]

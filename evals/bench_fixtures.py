@@ -17,7 +17,6 @@ the schema allows, every judge dimension is graded "good".
 from __future__ import annotations
 
 import hashlib
-import os
 import typing
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -150,28 +149,3 @@ class SliceRetriever:
                                       score=1.0 - i * 0.01, tags=[tag] if tag else [],
                                       sources=["tag", "user"] if tag else ["user"]))
         return SliceResult(candidates=out)
-
-
-#: :func:`scripted_factory` reads the per-call delay (seconds) and the dataset spec from these, so
-#: ``batch --workers`` processes build the same benchmark recommender as the process that starts them
-DELAY_ENV = "INTENTREC_BENCH_DELAY_S"
-DATASET_ENV = "INTENTREC_BENCH_DATASET"
-
-
-def scripted_intentrec(dataset: Any, *, delay_s: float, runlog: Any, retriever: Any = None, **ctx: Any) -> Any:
-    """The framework benchmark's recommender: the real graph, :func:`agent_model` at ``delay_s`` per
-    call and the instant :class:`SliceRetriever`."""
-    from intentrec.service import IntentRec
-
-    return IntentRec(dataset=dataset, retriever=retriever or SliceRetriever.from_dataset(dataset),
-                     models={"default": agent_model(delay_s)}, runlog=runlog, **ctx)
-
-
-def scripted_factory(runlog: Any) -> Any:
-    """``module:function`` factory (``evals.bench_fixtures:scripted_factory``) for batch worker
-    processes: :func:`scripted_intentrec` with the delay and dataset named by ``DELAY_ENV`` and
-    ``DATASET_ENV``."""
-    from behavior.adapters import load_dataset_cached
-
-    return scripted_intentrec(load_dataset_cached(os.environ.get(DATASET_ENV) or None),
-                              delay_s=float(os.environ.get(DELAY_ENV, "0")), runlog=runlog)

@@ -489,9 +489,11 @@ def _batches(store: Any) -> list[dict[str, Any]]:
 
 
 def scripted_rec(dataset: Any, *, delay_s: float, runlog: Any, retriever: Any = None, **ctx: Any) -> Any:
-    from evals.bench_fixtures import scripted_intentrec
+    from evals.bench_fixtures import SliceRetriever, agent_model
+    from intentrec.service import IntentRec
 
-    return scripted_intentrec(dataset, delay_s=delay_s, runlog=runlog, retriever=retriever, **ctx)
+    return IntentRec(dataset=dataset, retriever=retriever or SliceRetriever.from_dataset(dataset),
+                     models={"default": agent_model(delay_s)}, runlog=runlog, **ctx)
 
 
 def section_overhead_scripted(res: Resources, *, users: int, workdir: Path, profile: bool = True,
@@ -543,18 +545,19 @@ def section_prefix(res: Resources, *, user: str, reps: int = 1, n_personas: int 
     """Prompt processing of the real planner and expert prompts, shared context as an identical
     prefix against a prefix broken by a per-call nonce (llama.cpp's own prompt-eval counter)."""
     from agents.context import Context, Environment
-    from agents.expert import expert_schema
+    from agents.expert import expert_schema, expert_variables
     from agents.planner import planner_schema
     from graphs.prepare import prepare_user
     from llm.factory import make_local
-    from llm.local import _common_prefix, _perf_prompt_eval_s, _perf_reset
+    from llm.local import _perf_prompt_eval_s, _perf_reset
+    from llm.parallel import common_prefix
     from llm.settings import LLMSettings
 
     model = make_local(LLMSettings.load(backend="local", n_threads=threads))
     loaded = model.loaded()
     llama = loaded.llama
     ctx = Context(models={"default": model}, env=Environment.at(res.now), n_personas=n_personas, n_tags=n_tags,
-                  tag_vocabulary="catalogue")
+                  tags_per_expert=n_tags, tag_vocabulary="catalogue")
     prepared = prepare_user(res.dataset, user, ctx)
     shared = prepared.shared_context
     evidence = prepared.evidence.removeprefix("often buys ")[:120] or "weekly groceries"
@@ -562,10 +565,9 @@ def section_prefix(res: Resources, *, user: str, reps: int = 1, n_personas: int 
                 for name in ("Family Cook", "Snack Lover", "Home Care", "Fresh Eater", "Baker")[:n_personas]]
     planner_msgs = ctx.prompts.get("planner").render(shared_context=shared, k=n_personas, feedback="")
     vocab = tuple(prepared.tag_vocabulary) or None
-    e_schema = expert_schema(n_tags, vocab, ctx.intents_per_expert)
-    expert_msgs = [ctx.prompts.get("expert").render(shared_context=shared, persona_name=p["name"],
-                                                    persona_focus=p["focus"], persona_evidence=p["evidence"],
-                                                    n_tags=n_tags, n_intents=ctx.intents_per_expert, feedback="")
+    e_schema = expert_schema(ctx.tags_per_expert, vocab, ctx.intents_per_expert)
+    # the graph's own expert variables (the template's vocabulary included)
+    expert_msgs = [ctx.prompts.get("expert").render(**expert_variables(ctx, shared, p, vocabulary=vocab))
                    for p in personas]
     calls = [("planner", planner_msgs, planner_schema(n_personas))] + [("expert", m, e_schema) for m in expert_msgs]
     opts = {**model.completion_kwargs(), "max_tokens": 1}
@@ -583,7 +585,7 @@ def section_prefix(res: Resources, *, user: str, reps: int = 1, n_personas: int 
             wall = time.perf_counter() - t0
             pe = _perf_prompt_eval_s(llama)
             n_prompt = int(r["usage"]["prompt_tokens"])
-            cached = _common_prefix(before, llama.input_ids[:n_prompt])
+            cached = common_prefix(before, llama.input_ids[:n_prompt])
         return {"prompt_eval_s": pe, "wall_s": wall, "prompt_tokens": n_prompt, "reused_tokens": cached}
 
     # The planner is a user's first call: nothing before it shares its prefix, so it is cold whatever

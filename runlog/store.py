@@ -51,6 +51,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -306,7 +307,7 @@ def _cap(obj: Any, max_str: int, max_items: int, depth: int) -> Any:
         items = {str(k): v for k, v in obj.items()} if not all(type(k) is str for k in obj) else obj
         if depth <= 0:
             return f"<dict of {len(items)}>"
-        out = {k: _cap(v, max_str, max_items, depth - 1) for k, v in list(items.items())[:max_items]}
+        out = {k: _cap(v, max_str, max_items, depth - 1) for k, v in islice(items.items(), max_items)}
         if len(items) > max_items:
             out["…"] = f"{len(items) - max_items} more keys"
         return out
