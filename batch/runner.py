@@ -268,4 +268,5 @@ def execute(store: RunLog, batch_id: str, *, engine: str = "local", concurrency:
     return {"batch_id": batch_id, "engine": engine, "concurrency": concurrency, "workers": workers, "counts": counts,
             "this_run": {**outcomes, "settled_from_previous": settled, "retried": retried},
             "wall_s": round(wall, 2), "users_per_min": round(60 * ran / wall, 2) if wall > 0 and ran else 0.0,
+            "run_log_write_errors": store.write_errors,  # this process's queued rows that failed (logged)
             "failed": [{"user_id": r["user_id"], "error": r["error"]} for r in batches.items(batch_id, status="failed")]}

@@ -109,7 +109,7 @@ class Recorder:
         except Exception:  # outside a graph (replay): no task
             task_path = None
         self._safe(self.store.add_call, self.run_id, node=node, subject=subject, prompt=prompt,
-                   messages=plain(messages), raw=raw, parsed=parsed, record=record, error=error,
+                   messages=messages, raw=raw, parsed=parsed, record=record, error=error,
                    latency_s=latency_s, task_path=task_path)
 
     # ----- stream events ------------------------------------------------------------------------

@@ -12,8 +12,15 @@ Design decisions
 * **WAL and durability.** The file runs in WAL mode (readers never block the writer, and a crash can
   only lose a transaction that had not committed) with ``synchronous=FULL`` (a committed write
   survives a power cut, not only a process crash; ``durability="normal"`` trades that for speed).
-  Every event is its own short transaction, committed as it happens, so a process killed mid-run
-  keeps everything up to the last event and never leaves a half-written row.
+  The graph's events (task starts and ends, model calls, the last checkpoint id) are **group
+  committed**: the graph's threads queue each row (its JSON already encoded) and go on, and one
+  writer thread commits whatever is queued in one transaction, at once, then the next group. A
+  graph thread never waits on a disk sync, and at concurrency 8 one sync covers many events. A
+  process killed mid-run keeps every group that had committed (the last one is milliseconds old)
+  and never leaves a half-written row. Every other write (runs, batches, verdicts, labels) and every
+  read first commits the queue, so the order of rows and read-your-writes hold within a process;
+  ``flush()`` does it on demand, and ``close()`` and interpreter exit do it too. A queued row that
+  fails is logged and counted in ``write_errors`` (the graph is never stopped by its log).
 * **"incomplete".** A run is inserted as ``running`` before the graph starts, with its writer's
   identity (host, pid and the process start time, so a recycled pid is not mistaken for the
   writer). Its final status (``ok``, ``empty``, ``ok:fallback``, ``error``, ``cancelled``, ...) is
@@ -39,6 +46,7 @@ Design decisions
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import json
@@ -48,6 +56,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -55,6 +64,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import structlog
 from langchain_core.messages import BaseMessage
 from pydantic import BaseModel
 
@@ -62,6 +72,9 @@ from core.errors import IntentRecError
 from core.processes import pid_alive, start_ticks
 
 SCHEMA_VERSION = 3
+_log = structlog.get_logger("intentrec.runlog")
+#: run logs with a writer thread, whose queues interpreter exit commits
+_OPEN: weakref.WeakSet[RunLog] = weakref.WeakSet()
 DEFAULT_FILE = "runs.sqlite"
 CHECKPOINTS_SUFFIX = ".checkpoints.sqlite"
 FINAL_OK = ("ok", "empty", "ok:fallback", "empty:fallback")
@@ -286,6 +299,9 @@ def compact(obj: Any, *, max_str: int = 300, max_items: int = 40, depth: int = 6
     return _cap(obj, max_str, max_items, depth)
 
 
+_SCALARS = frozenset({type(None), bool, int, float})
+
+
 def _cap(obj: Any, max_str: int, max_items: int, depth: int) -> Any:
     if obj is None or isinstance(obj, bool | int | float):
         return obj
@@ -303,25 +319,55 @@ def _cap(obj: Any, max_str: int, max_items: int, depth: int) -> Any:
             obj = plain(obj)
     if isinstance(obj, str):
         return obj if len(obj) <= max_str else obj[: max_str - 1] + "…"
+    # below: scalars and short plain strings are kept inline (exact types only; the rest recurses)
     if isinstance(obj, dict):
         items = {str(k): v for k, v in obj.items()} if not all(type(k) is str for k in obj) else obj
         if depth <= 0:
             return f"<dict of {len(items)}>"
-        out = {k: _cap(v, max_str, max_items, depth - 1) for k, v in islice(items.items(), max_items)}
+        out = {k: v if (t := type(v)) in _SCALARS or (t is str and len(v) <= max_str)
+               else _cap(v, max_str, max_items, depth - 1) for k, v in islice(items.items(), max_items)}
         if len(items) > max_items:
             out["…"] = f"{len(items) - max_items} more keys"
         return out
     seq = obj if isinstance(obj, list | tuple) else list(obj)
     if depth <= 0:
         return f"<list of {len(seq)}>"
-    out_l = [_cap(v, max_str, max_items, depth - 1) for v in seq[:max_items]]
+    out_l = [v if (t := type(v)) in _SCALARS or (t is str and len(v) <= max_str)
+             else _cap(v, max_str, max_items, depth - 1) for v in seq[:max_items]]
     if len(seq) > max_items:
         out_l.append(f"… {len(seq) - max_items} more")
     return out_l
 
 
+def _native_keys(obj: Any) -> bool:
+    """Whether every dict key inside ``obj``'s own dicts and lists is a ``str``, which is what lets the
+    C encoder walk it as it is (values it cannot encode are checked when ``_encode_default`` converts
+    them)."""
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, dict):
+            for k, v in o.items():
+                if type(k) is not str:
+                    return False
+                if isinstance(v, dict | list | tuple):
+                    stack.append(v)
+        else:
+            stack.extend(v for v in o if isinstance(v, dict | list | tuple))
+    return True
+
+
 def dumps(obj: Any) -> str | None:
-    return None if obj is None else json.dumps(plain(obj), ensure_ascii=False, separators=(",", ":"))
+    """JSON text of ``plain(obj)``, with the same output. The C encoder walks lists, dicts and
+    scalars itself and calls ``plain`` only for what it cannot encode (models, messages, dates, sets;
+    ``plain`` writes str keys throughout), so a large, already plain value is not copied first. A
+    dict with a non-``str`` key (``plain`` writes ``str(k)``, ``json`` would write ``true``/``null``)
+    takes the ``plain`` copy instead."""
+    if obj is None:
+        return None
+    if isinstance(obj, dict | list | tuple) and not _native_keys(obj):
+        obj = plain(obj)
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=plain)
 
 
 def loads(text: str | None) -> Any:
@@ -365,6 +411,11 @@ class RunLog:
         if durability not in ("full", "normal"):
             raise RunLogError(f"durability must be 'full' or 'normal', not {durability!r}")
         self._lock = threading.RLock()
+        self._queue: list[tuple[str, tuple[Any, ...]]] = []  # group-committed rows, oldest first
+        self._queue_cv = threading.Condition()
+        self._writer: threading.Thread | None = None
+        self._closing = False
+        self.write_errors = 0
         try:
             self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
             self._conn.row_factory = sqlite3.Row
@@ -404,8 +455,10 @@ class RunLog:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT), serialised across threads."""
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT), serialised across threads, after the
+        group-commit queue (so rows keep their order)."""
         with self._lock, self._readable():
+            self._commit_queue()
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
@@ -417,7 +470,63 @@ class RunLog:
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         with self._lock, self._readable():
+            self._commit_queue()
             return self._conn.execute(sql, tuple(params)).fetchall()
+
+    # ----- group commit ---------------------------------------------------------------------------
+    def _enqueue(self, sql: str, params: tuple[Any, ...]) -> None:
+        """Queue one event row for the writer thread (started on first use)."""
+        with self._queue_cv:
+            if self._closing:
+                raise RunLogError(f"{self.path}: the run log is closed")
+            self._queue.append((sql, params))
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="runlog-writer", daemon=True)
+                self._writer.start()
+                _OPEN.add(self)
+            self._queue_cv.notify()
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._queue_cv:
+                while not self._queue and not self._closing:
+                    self._queue_cv.wait()
+                if not self._queue:
+                    return
+            with self._lock:
+                self._commit_queue()
+
+    def _commit_queue(self) -> None:
+        """Commit every queued row in one transaction; the caller holds ``_lock``. A row that fails
+        alone (a constraint) is skipped by SQLite's statement rollback; a failed commit loses the
+        group. Either is logged and counted."""
+        with self._queue_cv:
+            group, self._queue = self._queue, []
+        if not group:
+            return
+        failed: list[str] = []
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            for sql, params in group:
+                try:
+                    self._conn.execute(sql, params)
+                except sqlite3.Error as e:
+                    failed.append(f"{sql.split('(', 1)[0].strip()}: {type(e).__name__}: {e}")
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            failed = [f"the group of {len(group)} rows: {type(e).__name__}: {e}"]
+            self.write_errors += len(group) - 1  # the line below adds the last one
+        self.write_errors += len(failed)
+        for what in failed:
+            with contextlib.suppress(Exception):  # nor because a logging sink is gone
+                _log.error("run log write failed", path=str(self.path), error=what)
+
+    def flush(self) -> None:
+        """Commit the queued event rows now."""
+        with self._lock, self._readable():
+            self._commit_queue()
 
     @contextlib.contextmanager
     def _readable(self) -> Iterator[None]:
@@ -432,8 +541,16 @@ class RunLog:
                               f"or try `sqlite3 {self.path.name} .recover`") from e
 
     def close(self) -> None:
+        with self._queue_cv:
+            self._closing = True
+            self._queue_cv.notify_all()
+        if self._writer is not None and self._writer is not threading.current_thread():
+            self._writer.join()
         with self._lock:
+            with contextlib.suppress(sqlite3.Error):
+                self._commit_queue()
             self._conn.close()
+        _OPEN.discard(self)
         if self._checkpointer is not None:
             self._checkpointer.conn.close()
             self._checkpointer = None
@@ -453,8 +570,8 @@ class RunLog:
         return self.path.with_name(self.path.stem + CHECKPOINTS_SUFFIX)
 
     def checkpointer(self) -> Any:
-        """A LangGraph ``SqliteSaver`` on ``<name>.checkpoints.sqlite`` beside the log (WAL), with a
-        msgpack serde that knows the judge types (``judges.subgraph.CHECKPOINT_TYPES``)."""
+        """A LangGraph ``SqliteSaver`` on ``<name>.checkpoints.sqlite`` beside the log (WAL, the log's
+        ``durability``), with a msgpack serde that knows the judge types (``judges.subgraph.CHECKPOINT_TYPES``)."""
         if self._checkpointer is None:
             from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
             from langgraph.checkpoint.sqlite import SqliteSaver
@@ -463,6 +580,7 @@ class RunLog:
 
             conn = sqlite3.connect(self.checkpoints_path, timeout=30, check_same_thread=False)
             conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self.durability.upper()}")  # the log's own setting
             serde = JsonPlusSerializer(allowed_msgpack_modules=list(CHECKPOINT_TYPES))
             self._checkpointer = SqliteSaver(conn, serde=serde)
         return self._checkpointer
@@ -493,8 +611,7 @@ class RunLog:
                       (status, now_iso(), wall, dumps(output), error, error_node, run_id))
 
     def set_checkpoint(self, run_id: str, checkpoint_id: str) -> None:
-        with self._tx() as c:
-            c.execute("UPDATE runs SET last_checkpoint_id=? WHERE run_id=?", (checkpoint_id, run_id))
+        self._enqueue("UPDATE runs SET last_checkpoint_id=? WHERE run_id=?", (checkpoint_id, run_id))
 
     def set_output(self, run_id: str, output: dict[str, Any]) -> None:
         with self._tx() as c:
@@ -514,22 +631,21 @@ class RunLog:
     # ----- tasks and calls --------------------------------------------------------------------
     def task_started(self, run_id: str, *, task_id: str, seq: int, node: str, namespace: str,
                      parent_task_id: str | None, input_ref: dict[str, Any] | None, input_: Any) -> None:
-        with self._tx() as c:
-            c.execute("INSERT OR REPLACE INTO tasks(run_id, task_id, seq, parent_task_id, namespace, node, started_at,"
+        self._enqueue("INSERT OR REPLACE INTO tasks(run_id, task_id, seq, parent_task_id, namespace, node, started_at,"
                       " input_ref_json, input_json) VALUES (?,?,?,?,?,?,?,?,?)",
                       (run_id, task_id, seq, parent_task_id, namespace, node, now_iso(), dumps(input_ref),
                        dumps(input_)))
 
     def task_finished(self, run_id: str, *, task_id: str, wall_s: float | None, result: Any,
                       error: str | None) -> None:
-        with self._tx() as c:
-            c.execute("UPDATE tasks SET ended_at=?, wall_s=?, result_json=?, error=? WHERE run_id=? AND task_id=?",
+        self._enqueue("UPDATE tasks SET ended_at=?, wall_s=?, result_json=?, error=? WHERE run_id=? AND task_id=?",
                       (now_iso(), None if wall_s is None else round(wall_s, 4), dumps(result), error, run_id,
                        task_id))
 
     def add_call(self, run_id: str, *, node: str | None, subject: str | None, prompt: dict[str, Any] | None,
                  messages: Any, raw: str | None, parsed: Any, record: dict[str, Any] | None, error: str | None,
-                 latency_s: float | None, task_path: str | None = None) -> int:
+                 latency_s: float | None, task_path: str | None = None) -> None:
+        """Queue one model call's row (group committed; see the module docstring)."""
         prompt = prompt or {}
         record = dict(record or {})
         if isinstance(raw, list | tuple):  # every attempt's raw output (a call that failed validation)
@@ -538,8 +654,7 @@ class RunLog:
         elif raw is not None and not isinstance(raw, str):
             raw = str(raw)
         task_id = task_path.rsplit("|", 1)[-1].partition(":")[2] if task_path else None
-        with self._tx() as c:
-            cur = c.execute(
+        self._enqueue(
                 "INSERT INTO calls(run_id, task_id, task_path, node, subject, model, prompt_name, prompt_version,"
                 " prompt_sha256, prompt_path, messages_json, raw, parsed_json, record_json, attempts, prompt_tokens,"
                 " cached_tokens, completion_tokens, latency_s, error, ts)"
@@ -549,7 +664,6 @@ class RunLog:
                  dumps(messages), raw, dumps(parsed), dumps(record), record.get("attempts"),
                  record.get("prompt_tokens"), record.get("cached_tokens"), record.get("completion_tokens"),
                  None if latency_s is None else round(float(latency_s), 4), error, now_iso()))
-            return int(cur.lastrowid)
 
     def set_recommendations(self, run_id: str, recs: list[dict[str, Any]]) -> None:
         with self._tx() as c:
@@ -746,3 +860,10 @@ def _decode_json_columns(rows, columns: tuple[str, ...]) -> list[dict[str, Any]]
             d[k.removesuffix("_json")] = loads(d.pop(k))
         out.append(d)
     return out
+
+
+@atexit.register
+def _flush_open_runlogs() -> None:
+    for store in list(_OPEN):
+        with contextlib.suppress(Exception):
+            store.flush()

@@ -122,6 +122,8 @@ def test_failures_are_recorded_and_retried_without_stopping_the_batch(tmp_path):
     assert s["failed"] == [{"user_id": "no-such-user",
                             "error": "UnknownUserError: unknown user 'no-such-user' in dataset 'completejourney'"}]
     assert BatchStore(store).get(bid)["status"] == "finished"
+    ok_run = next(r["run_id"] for r in store.runs() if r["status"] == "ok")
+    assert s["run_log_write_errors"] == 0 and len(store.tasks(ok_run)) > 5
     # resume with nothing missing runs nothing; --retry-failed runs the failed user again
     again = execute(store, bid, rec=rec)
     assert again["this_run"]["done"] == again["this_run"]["failed"] == 0
@@ -338,6 +340,9 @@ def test_batch_run_log_durability_and_worker_command(tmp_path):
     store = open_runlog(tmp_path / "r.sqlite", durability="normal")
     assert store.durability == "normal" and store._query("PRAGMA synchronous")[0][0] == 1  # NORMAL
     assert open_runlog(tmp_path / "r.sqlite")._query("PRAGMA synchronous")[0][0] == 2  # FULL elsewhere
+    # the checkpoints beside the log follow the same setting
+    assert store.checkpointer().conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+    assert open_runlog(tmp_path / "r2.sqlite").checkpointer().conn.execute("PRAGMA synchronous").fetchone()[0] == 2
     cmd = worker_command(store.path, "b1", concurrency=3, threads=1, durability="normal")
     assert cmd[1:3] == ["-m", "batch.worker"] and cmd[cmd.index("--durability") + 1] == "normal"
     assert cmd[cmd.index("--concurrency") + 1] == "3" and cmd[cmd.index("--threads") + 1] == "1"

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -430,3 +431,116 @@ def test_compact_caps_as_plain_then_cap_would_without_converting_what_it_cuts():
             raise AssertionError("converted a value the cap cuts")
 
     assert compact([1, 2, Exploding()], max_items=2) == [1, 2, "… 1 more"]
+
+
+def test_dumps_writes_what_json_of_plain_writes():
+    """``dumps`` lets the C encoder walk plain values and converts only the rest, with the same text
+    as ``json.dumps(plain(x))``: models and messages nested in plain containers, dataclasses, sets,
+    dates, tuples, and keys that ``json`` would spell differently (``True``, ``None``, a tuple, an int)."""
+    import dataclasses
+    from datetime import date, datetime
+
+    from langchain_core.messages import AIMessage, HumanMessage
+    from pydantic import BaseModel
+
+    from runlog.store import dumps, plain
+
+    class Tag(BaseModel):
+        tag: str
+        when: date
+
+    @dataclasses.dataclass
+    class Box:
+        where: Path
+        keys: dict
+
+    def ref(x):
+        return json.dumps(plain(x), ensure_ascii=False, separators=(",", ":"))
+
+    values = [
+        {"tags": [Tag(tag="é", when=date(2017, 10, 1))], "msgs": [HumanMessage("hi"), AIMessage("yo")]},
+        [HumanMessage("x"), {"set": {"a"}, "t": (1, 2, (3,)), "at": datetime(2017, 1, 2, 3, 4)}],
+        {"deep": [{"box": Box(Path("/a"), {True: 1, None: 2, 3: "x"})}]},
+        {True: "t", None: "n", 1.5: "f", 3: "i"},
+        {"nested": {(1, 2): "tuple key"}},
+        ({"a": 1}, [2, {"b": float("inf")}]),
+        "plain text", 3, 2.5, True,
+    ]
+    for v in values:
+        assert dumps(v) == ref(v), v
+    assert dumps(None) is None
+    assert json.loads(dumps({True: 1})) == {"True": 1}  # plain's spelling, not json's "true"
+
+
+def _task(store, rid, i):
+    store.task_started(rid, task_id=f"t{i}", seq=i, node="n", namespace="", parent_task_id=None,
+                       input_ref=None, input_=None)
+
+
+def test_event_rows_are_group_committed_in_order_and_read_back(tmp_path):
+    """Task and call rows are queued and committed by the writer thread: another connection sees them
+    without a flush, this connection's reads and later writes see them at once, in order."""
+    store = RunLog(tmp_path / "runs.sqlite")
+    rid = store.start_run(user_id="1")
+    for i in range(50):
+        _task(store, rid, i)
+        store.task_finished(rid, task_id=f"t{i}", wall_s=0.5, result={"i": i}, error=None)
+    assert [t["seq"] for t in store.tasks(rid)] == list(range(50))  # read-your-writes
+    assert all(t["result"] == {"i": t["seq"]} and t["wall_s"] == 0.5 for t in store.tasks(rid))
+    _task(store, rid, 50)
+    store.finish_run(rid, status="ok")  # a synchronous write commits the queue first
+    other = sqlite3.connect(tmp_path / "runs.sqlite")
+    assert other.execute("SELECT COUNT(*) FROM tasks WHERE run_id=?", (rid,)).fetchone()[0] == 51
+    store.add_call(rid, node="expert", subject=None, prompt=None, messages=[], raw="{}", parsed={"a": 1},
+                   record=None, error=None, latency_s=0.1)
+    deadline = time.monotonic() + 10
+    while other.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 0:  # the writer, unprompted
+        assert time.monotonic() < deadline, "the writer thread never committed the queued call"
+        time.sleep(0.01)
+    other.close()
+    assert store.write_errors == 0
+    store.close()
+    with pytest.raises(RunLogError, match="closed"):
+        _task(store, rid, 99)
+
+
+def test_a_failing_queued_row_is_counted_and_logged_and_the_group_kept(tmp_path):
+    from structlog.testing import capture_logs
+
+    store = RunLog(tmp_path / "runs.sqlite")
+    rid = store.start_run(user_id="1")
+    with capture_logs() as logs:
+        with store._lock:  # hold the writer off, so the three rows are one group
+            _task(store, rid, 1)
+            store._enqueue("INSERT INTO no_such_table VALUES (?)", (1,))
+            _task(store, rid, 2)
+        store.flush()
+    assert [t["task_id"] for t in store.tasks(rid)] == ["t1", "t2"]
+    assert store.write_errors == 1
+    assert [e["event"] for e in logs] == ["run log write failed"] and "no_such_table" in logs[0]["error"]
+    store.close()
+
+
+EXIT_SCRIPT = textwrap.dedent("""
+    import sys
+    from runlog.store import RunLog
+
+    store = RunLog(sys.argv[1])
+    rid = store.start_run(user_id="1")
+    store._lock.acquire()  # the writer thread cannot commit: only interpreter exit can
+    for i in range(20):
+        store.task_started(rid, task_id=f"t{i}", seq=i, node="n", namespace="", parent_task_id=None,
+                           input_ref=None, input_=None)
+    print(rid, len(store._queue), flush=True)
+""")
+
+
+def test_interpreter_exit_commits_the_queue(tmp_path):
+    script = tmp_path / "exit.py"
+    script.write_text(EXIT_SCRIPT)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "runs.sqlite")], cwd=ROOT, text=True,
+                         capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rid, queued = out.stdout.split()
+    assert int(queued) == 20  # still queued when the script ended
+    assert [t["seq"] for t in RunLog(tmp_path / "runs.sqlite").tasks(rid)] == list(range(20))
