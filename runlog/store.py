@@ -73,6 +73,8 @@ from core.processes import pid_alive, start_ticks
 
 SCHEMA_VERSION = 3
 _log = structlog.get_logger("intentrec.runlog")
+#: seconds the group-commit writer waits for a row before its thread ends (the next row starts one)
+WRITER_IDLE_S = 5.0
 #: run logs with a writer thread, whose queues interpreter exit commits
 _OPEN: weakref.WeakSet[RunLog] = weakref.WeakSet()
 DEFAULT_FILE = "runs.sqlite"
@@ -341,8 +343,7 @@ def _cap(obj: Any, max_str: int, max_items: int, depth: int) -> Any:
 
 def _native_keys(obj: Any) -> bool:
     """Whether every dict key inside ``obj``'s own dicts and lists is a ``str``, which is what lets the
-    C encoder walk it as it is (values it cannot encode are checked when ``_encode_default`` converts
-    them)."""
+    C encoder walk it as it is (what it cannot encode goes through ``plain``, which writes str keys)."""
     stack = [obj]
     while stack:
         o = stack.pop()
@@ -414,6 +415,7 @@ class RunLog:
         self._queue: list[tuple[str, tuple[Any, ...]]] = []  # group-committed rows, oldest first
         self._queue_cv = threading.Condition()
         self._writer: threading.Thread | None = None
+        self._writer_pid = 0
         self._closing = False
         self.write_errors = 0
         try:
@@ -475,12 +477,13 @@ class RunLog:
 
     # ----- group commit ---------------------------------------------------------------------------
     def _enqueue(self, sql: str, params: tuple[Any, ...]) -> None:
-        """Queue one event row for the writer thread (started on first use)."""
+        """Queue one event row for the writer thread (started when none is running in this process)."""
         with self._queue_cv:
             if self._closing:
                 raise RunLogError(f"{self.path}: the run log is closed")
             self._queue.append((sql, params))
-            if self._writer is None:
+            if self._writer is None or self._writer_pid != os.getpid():  # none yet, idle-exited, or forked
+                self._writer_pid = os.getpid()
                 self._writer = threading.Thread(target=self._write_loop, name="runlog-writer", daemon=True)
                 self._writer.start()
                 _OPEN.add(self)
@@ -489,12 +492,21 @@ class RunLog:
     def _write_loop(self) -> None:
         while True:
             with self._queue_cv:
-                while not self._queue and not self._closing:
-                    self._queue_cv.wait()
+                if not self._queue and not self._closing:
+                    self._queue_cv.wait(WRITER_IDLE_S)
                 if not self._queue:
+                    if not self._closing:
+                        self._writer = None  # idle: exit, so an unused log holds no thread
                     return
-            with self._lock:
-                self._commit_queue()
+            try:
+                with self._lock:
+                    self._commit_queue()
+            except Exception as e:  # a closed connection: the rows stay counted and logged, the thread ends
+                with contextlib.suppress(Exception):
+                    _log.error("run log writer stopped", path=str(self.path), error=f"{type(e).__name__}: {e}")
+                with self._queue_cv:
+                    self._writer = None  # the next row starts another
+                return
 
     def _commit_queue(self) -> None:
         """Commit every queued row in one transaction; the caller holds ``_lock``. A row that fails
@@ -544,8 +556,9 @@ class RunLog:
         with self._queue_cv:
             self._closing = True
             self._queue_cv.notify_all()
-        if self._writer is not None and self._writer is not threading.current_thread():
-            self._writer.join()
+            writer = self._writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join()
         with self._lock:
             with contextlib.suppress(sqlite3.Error):
                 self._commit_queue()

@@ -544,3 +544,21 @@ def test_interpreter_exit_commits_the_queue(tmp_path):
     rid, queued = out.stdout.split()
     assert int(queued) == 20  # still queued when the script ended
     assert [t["seq"] for t in RunLog(tmp_path / "runs.sqlite").tasks(rid)] == list(range(20))
+
+
+def test_an_idle_writer_thread_ends_and_the_next_row_starts_another(tmp_path, monkeypatch):
+    import runlog.store as store_module
+
+    monkeypatch.setattr(store_module, "WRITER_IDLE_S", 0.05)
+    store = RunLog(tmp_path / "runs.sqlite")
+    rid = store.start_run(user_id="1")
+    other = sqlite3.connect(tmp_path / "runs.sqlite")
+    for i in range(2):
+        _task(store, rid, i)
+        first = store._writer
+        assert first is not None and first.is_alive()
+        first.join(timeout=10)  # it commits the row, waits WRITER_IDLE_S, and ends
+        assert not first.is_alive() and store._writer is None
+        assert other.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] == i + 1
+    other.close()
+    store.close()
