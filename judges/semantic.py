@@ -62,11 +62,23 @@ class SemanticJudge:
         va, vb = self.encoder.encode([a, b])
         return float(va @ vb)
 
+    @staticmethod
+    def _ref(req: JudgeRequest) -> str:
+        """What the request's text is compared with: the item (explanations), intent and evidence (tags)."""
+        if req.kind == "explanation":
+            return f"{req.item.title}; {req.item.category}" if req.item else req.intent
+        return " ".join(x for x in (req.intent, req.evidence) if x)
+
+    def prime(self, requests: Sequence[JudgeRequest]) -> None:
+        """Embed every text that :meth:`evaluate` will need for ``requests`` in one batched encoder call
+        (the encoder's memory cache then serves each request), instead of a small call per request."""
+        texts = [t for r in requests for t in (self._ref(r), r.text, r.text.lower()) if t]
+        if texts:
+            self.encoder.encode(list(dict.fromkeys(texts)))
+
     def evaluate(self, req: JudgeRequest) -> dict[str, DimensionVerdict]:
         if req.kind == "explanation":
-            item = req.item
-            ref = f"{item.title}; {item.category}" if item else req.intent
-            s = self._sim(ref, req.text)
+            s = self._sim(self._ref(req), req.text)
             return {"relevance": _verdict("relevance", EXPLANATION_GROUNDING, s, f"similarity to the item {s:.2f}")}
         out = {}
         vocab = self._vocab()
@@ -76,7 +88,7 @@ class SemanticJudge:
         near = self.vocabulary[best] if best >= 0 else ""
         out["validity"] = _verdict("validity", TAG_VALIDITY, s_valid,
                                    f"nearest catalogue phrase {near!r} at {s_valid:.2f}")
-        ref = " ".join(x for x in (req.intent, req.evidence) if x)
+        ref = self._ref(req)
         if ref:
             s_rel = self._sim(ref, req.text)
             out["relevance"] = _verdict("relevance", TAG_RELEVANCE, s_rel, f"similarity to intent/evidence {s_rel:.2f}")

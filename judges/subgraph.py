@@ -153,8 +153,11 @@ def rule_evaluators(
         raise ValueError(f"judge_requests has duplicate subject ids: {dupes}")
     findings: list[dict[str, Any]] = []
     sends: list[Send] = []
+    semantic = runtime.context.semantic_judge
+    if runtime.context.judge_profile == "semantic" and hasattr(semantic, "prime"):
+        semantic.prime(requests)  # one batched embedding call for every subject
     for req in requests:
-        rules, pending = plan(req, semantic=runtime.context.semantic_judge, profile=runtime.context.judge_profile)
+        rules, pending = plan(req, semantic=semantic, profile=runtime.context.judge_profile)
         findings.append({"subject_id": req.subject_id, "verdicts": list(rules.values())})
         if not pending:
             continue

@@ -82,3 +82,43 @@ def test_thresholds_separate_the_labelled_set(judge):
     assert sum(agree["tag"]) >= 23, agree  # one hard case: "charcoal briquettes" for snacks scores 0.26
     assert old_ok_passes_bad >= 8  # the old ok threshold (0.10) passed most of the bad tags
     assert TAG_RELEVANCE.ok > 0.10 and EXPLANATION_GROUNDING.ok >= 0.35
+
+
+def test_prime_embeds_every_subject_in_one_call_with_the_same_verdicts(judge):
+    """``prime`` (what the judge subgraph calls before its rules) embeds all the texts of a round in
+    one batched call; evaluating afterwards calls the model no more, and every score and outcome is
+    the one the per-request calls give."""
+    import numpy as np
+
+    from retrieval.text_encoder import TextEncoder
+
+    judge.evaluate(JudgeRequest(subject_id="tag:w", kind="tag", text="warm up", intent="x"))  # load the model
+    reqs = [JudgeRequest(subject_id=f"tag:{i}", kind="tag", text=t, intent="quick dinners", evidence=e)
+            for i, (t, e) in enumerate([("Frozen Pizza", "bought frozen pizza x4"), ("potato chips", ""),
+                                        ("mike ia", "bought milk")])]
+    reqs += [expl("Your household buys fluid milk every week."), expl("A cereal for school-day breakfasts."),
+             JudgeRequest(subject_id="expl:2", kind="explanation", text="Milk for the week.", intent="staples")]
+
+    def fresh():
+        enc = TextEncoder()
+        enc._model = judge.encoder._model  # the loaded weights, an empty memory cache
+        calls = []
+        embed = enc._embed
+        enc._embed = lambda texts: calls.append(list(texts)) or embed(texts)
+        return SemanticJudge(enc, judge.vocabulary), calls
+
+    plain_judge, plain_calls = fresh()
+    primed_judge, primed_calls = fresh()
+    primed_judge._vocab(), plain_judge._vocab()
+    del primed_calls[:], plain_calls[:]
+    primed_judge.prime(reqs)
+    assert len(primed_calls) == 1 and len(primed_calls[0]) >= len(reqs) + 3
+    for r in reqs:
+        a, b = plain_judge.evaluate(r), primed_judge.evaluate(r)
+        assert a.keys() == b.keys() and [v.outcome for v in a.values()] == [v.outcome for v in b.values()], r.text
+    assert len(primed_calls) == 1  # evaluate found every text in the cache
+    assert len(plain_calls) > 3  # the unprimed path embeds request by request
+    memo_a, memo_b = plain_judge.encoder._memo, primed_judge.encoder._memo
+    assert set(memo_a) <= set(memo_b)
+    for text, vec in memo_a.items():  # batched and one-by-one embeddings agree
+        assert np.allclose(vec, memo_b[text], atol=1e-5), text
