@@ -268,20 +268,28 @@ def new_id() -> str:
 # ------------------------------------------------------------------------------------------------
 # JSON helpers (pydantic models, dataclasses, LangGraph's Overwrite, dates, paths)
 
+def _unwrap(obj: Any) -> Any:
+    """One level of what ``plain`` converts: a message, a model, LangGraph's ``Overwrite`` or a
+    dataclass becomes its dict or value; anything else comes back as it is."""
+    if isinstance(obj, BaseMessage):
+        return {"role": obj.type, "content": obj.content}
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if type(obj).__name__ == "Overwrite" and hasattr(obj, "value"):
+        return obj.value
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    return obj
+
+
 def plain(obj: Any) -> Any:
     """A JSON-able copy of ``obj`` without size caps (pydantic models dumped, tuples as lists)."""
     if obj is None or isinstance(obj, bool | int | float | str):
         return obj
-    if isinstance(obj, BaseMessage):
-        return {"role": obj.type, "content": plain(obj.content)}
-    if isinstance(obj, BaseModel):
+    if isinstance(obj, BaseModel) and not isinstance(obj, BaseMessage):
         return obj.model_dump(mode="json")  # already JSON types: str keys, lists, no models
-    if hasattr(obj, "model_dump"):
-        return plain(obj.model_dump(mode="json"))
-    if type(obj).__name__ == "Overwrite" and hasattr(obj, "value"):
-        return plain(obj.value)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return plain(dataclasses.asdict(obj))
+    if (inner := _unwrap(obj)) is not obj:
+        return plain(inner)
     if isinstance(obj, dict):
         return {str(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple | set | frozenset):
@@ -308,17 +316,9 @@ def _cap(obj: Any, max_str: int, max_items: int, depth: int) -> Any:
     if obj is None or isinstance(obj, bool | int | float):
         return obj
     if not isinstance(obj, str | dict | list | tuple | set | frozenset):
-        # what ``plain`` turns into a dict, a list or a string: converted one level, then capped
-        if isinstance(obj, BaseMessage):
-            obj = {"role": obj.type, "content": obj.content}
-        elif hasattr(obj, "model_dump"):
-            obj = obj.model_dump(mode="json")
-        elif type(obj).__name__ == "Overwrite" and hasattr(obj, "value"):
-            return _cap(obj.value, max_str, max_items, depth)
-        elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            obj = dataclasses.asdict(obj)
-        else:
-            obj = plain(obj)
+        # what ``plain`` converts: one level, then capped (dates, paths and the rest become strings)
+        inner = _unwrap(obj)
+        return _cap(inner if inner is not obj else plain(obj), max_str, max_items, depth)
     if isinstance(obj, str):
         return obj if len(obj) <= max_str else obj[: max_str - 1] + "…"
     # below: scalars and short plain strings are kept inline (exact types only; the rest recurses)
@@ -560,8 +560,7 @@ class RunLog:
         if writer is not None and writer is not threading.current_thread():
             writer.join()
         with self._lock:
-            with contextlib.suppress(sqlite3.Error):
-                self._commit_queue()
+            self._commit_queue()  # logs and counts its own failures
             self._conn.close()
         _OPEN.discard(self)
         if self._checkpointer is not None:
