@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterable, Mapping
+from functools import lru_cache
 from typing import NamedTuple
 
 from agents.expert import TAG_PATTERN
@@ -58,8 +59,10 @@ class Problem(NamedTuple):
     detail: str = ""
 
 
+@lru_cache(maxsize=1 << 16)
 def fold(word: str) -> str:
-    """Lower-case and fold simple plurals, so "Bananas" and "banana" compare equal."""
+    """Lower-case and fold simple plurals, so "Bananas" and "banana" compare equal. Cached: the rules
+    fold the same words (a prompt's, a history's) thousands of times per user."""
     w = word.lower()
     if len(w) > 4 and w.endswith("ies"):
         return w[:-3] + "y"

@@ -65,6 +65,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection, Iterable
 from datetime import date
+from functools import lru_cache
 
 from agents.tag_rules import (
     MARKUP,
@@ -210,8 +211,11 @@ def words(text: str) -> list[str]:
     return re.findall(r"[^\W_]+", t)
 
 
-def folded(text: str) -> list[str]:
-    return [fold(w) for w in words(text)]
+@lru_cache(maxsize=1024)
+def folded(text: str) -> tuple[str, ...]:
+    """The folded words of ``text``, cached: every judge request and persona check folds the same
+    prompt texts and shared context again."""
+    return tuple(fold(w) for w in words(text))
 
 
 def _number(s: str) -> str:

@@ -46,7 +46,6 @@ Design decisions
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import dataclasses
 import json
@@ -56,7 +55,6 @@ import sqlite3
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -70,13 +68,10 @@ from pydantic import BaseModel
 
 from core.errors import IntentRecError
 from core.processes import pid_alive, start_ticks
+from runlog.group_commit import GroupCommit
 
 SCHEMA_VERSION = 3
 _log = structlog.get_logger("intentrec.runlog")
-#: seconds the group-commit writer waits for a row before its thread ends (the next row starts one)
-WRITER_IDLE_S = 5.0
-#: run logs with a writer thread, whose queues interpreter exit commits
-_OPEN: weakref.WeakSet[RunLog] = weakref.WeakSet()
 DEFAULT_FILE = "runs.sqlite"
 CHECKPOINTS_SUFFIX = ".checkpoints.sqlite"
 FINAL_OK = ("ok", "empty", "ok:fallback", "empty:fallback")
@@ -412,12 +407,9 @@ class RunLog:
         if durability not in ("full", "normal"):
             raise RunLogError(f"durability must be 'full' or 'normal', not {durability!r}")
         self._lock = threading.RLock()
-        self._queue: list[tuple[str, tuple[Any, ...]]] = []  # group-committed rows, oldest first
-        self._queue_cv = threading.Condition()
-        self._writer: threading.Thread | None = None
-        self._writer_pid = 0
-        self._closing = False
-        self.write_errors = 0
+        #: the graph's event rows, ``(sql, params)``, committed in groups
+        self._group = GroupCommit(name=str(self.path), lock=self._lock, commit=self._commit_rows)
+        self._row_errors = 0
         try:
             self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
             self._conn.row_factory = sqlite3.Row
@@ -477,45 +469,17 @@ class RunLog:
 
     # ----- group commit ---------------------------------------------------------------------------
     def _enqueue(self, sql: str, params: tuple[Any, ...]) -> None:
-        """Queue one event row for the writer thread (started when none is running in this process)."""
-        with self._queue_cv:
-            if self._closing:
-                raise RunLogError(f"{self.path}: the run log is closed")
-            self._queue.append((sql, params))
-            if self._writer is None or self._writer_pid != os.getpid():  # none yet, idle-exited, or forked
-                self._writer_pid = os.getpid()
-                self._writer = threading.Thread(target=self._write_loop, name="runlog-writer", daemon=True)
-                self._writer.start()
-                _OPEN.add(self)
-            self._queue_cv.notify()
-
-    def _write_loop(self) -> None:
-        while True:
-            with self._queue_cv:
-                if not self._queue and not self._closing:
-                    self._queue_cv.wait(WRITER_IDLE_S)
-                if not self._queue:
-                    if not self._closing:
-                        self._writer = None  # idle: exit, so an unused log holds no thread
-                    return
-            try:
-                with self._lock:
-                    self._commit_queue()
-            except Exception as e:  # a closed connection: the rows stay counted and logged, the thread ends
-                with contextlib.suppress(Exception):
-                    _log.error("run log writer stopped", path=str(self.path), error=f"{type(e).__name__}: {e}")
-                with self._queue_cv:
-                    self._writer = None  # the next row starts another
-                return
+        """Queue one event row for the group-commit writer."""
+        if not self._group.put((sql, params)):
+            raise RunLogError(f"{self.path}: the run log is closed")
 
     def _commit_queue(self) -> None:
-        """Commit every queued row in one transaction; the caller holds ``_lock``. A row that fails
-        alone (a constraint) is skipped by SQLite's statement rollback; a failed commit loses the
-        group. Either is logged and counted."""
-        with self._queue_cv:
-            group, self._queue = self._queue, []
-        if not group:
-            return
+        """Commit the queued event rows now; the caller holds ``_lock``."""
+        self._group.drain()
+
+    def _commit_rows(self, group: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Commit one group in one transaction. A row that fails alone (a constraint) is skipped by
+        SQLite's statement rollback; a failed commit loses the group. Either is logged and counted."""
         failed: list[str] = []
         try:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -529,11 +493,17 @@ class RunLog:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
             failed = [f"the group of {len(group)} rows: {type(e).__name__}: {e}"]
-            self.write_errors += len(group) - 1  # the line below adds the last one
-        self.write_errors += len(failed)
+            self._row_errors += len(group) - 1  # the line below adds the last one
+        self._row_errors += len(failed)
         for what in failed:
             with contextlib.suppress(Exception):  # nor because a logging sink is gone
                 _log.error("run log write failed", path=str(self.path), error=what)
+
+    @property
+    def write_errors(self) -> int:
+        """Queued rows that failed to commit: the log's events and the checkpointer's task writes."""
+        cp = self._checkpointer
+        return self._row_errors + (cp.write_errors if cp is not None else 0)
 
     def flush(self) -> None:
         """Commit the queued event rows now."""
@@ -553,18 +523,13 @@ class RunLog:
                               f"or try `sqlite3 {self.path.name} .recover`") from e
 
     def close(self) -> None:
-        with self._queue_cv:
-            self._closing = True
-            self._queue_cv.notify_all()
-            writer = self._writer
-        if writer is not None and writer is not threading.current_thread():
-            writer.join()
+        self._group.close()
         with self._lock:
             self._commit_queue()  # logs and counts its own failures
             self._conn.close()
-        _OPEN.discard(self)
         if self._checkpointer is not None:
-            self._checkpointer.conn.close()
+            self._checkpointer.close()
+            self._row_errors += self._checkpointer.write_errors
             self._checkpointer = None
 
     def __enter__(self) -> RunLog:
@@ -583,18 +548,12 @@ class RunLog:
 
     def checkpointer(self) -> Any:
         """A LangGraph ``SqliteSaver`` on ``<name>.checkpoints.sqlite`` beside the log (WAL, the log's
-        ``durability``), with a msgpack serde that knows the judge types (``judges.subgraph.CHECKPOINT_TYPES``)."""
+        ``durability``), with a msgpack serde that knows the judge types (``judges.subgraph.CHECKPOINT_TYPES``),
+        whose task writes are group committed (:class:`runlog.checkpoints.GroupCommitSaver`)."""
         if self._checkpointer is None:
-            from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
-            from langgraph.checkpoint.sqlite import SqliteSaver
+            from runlog.checkpoints import open_checkpointer
 
-            from judges.subgraph import CHECKPOINT_TYPES
-
-            conn = sqlite3.connect(self.checkpoints_path, timeout=30, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(f"PRAGMA synchronous = {self.durability.upper()}")  # the log's own setting
-            serde = JsonPlusSerializer(allowed_msgpack_modules=list(CHECKPOINT_TYPES))
-            self._checkpointer = SqliteSaver(conn, serde=serde)
+            self._checkpointer = open_checkpointer(self.checkpoints_path, durability=self.durability)
         return self._checkpointer
 
     # ----- runs: writes ---------------------------------------------------------------------------
@@ -873,9 +832,3 @@ def _decode_json_columns(rows, columns: tuple[str, ...]) -> list[dict[str, Any]]
         out.append(d)
     return out
 
-
-@atexit.register
-def _flush_open_runlogs() -> None:
-    for store in list(_OPEN):
-        with contextlib.suppress(Exception):
-            store.flush()

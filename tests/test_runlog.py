@@ -531,7 +531,7 @@ EXIT_SCRIPT = textwrap.dedent("""
     for i in range(20):
         store.task_started(rid, task_id=f"t{i}", seq=i, node="n", namespace="", parent_task_id=None,
                            input_ref=None, input_=None)
-    print(rid, len(store._queue), flush=True)
+    print(rid, store._group.pending, flush=True)
 """)
 
 
@@ -547,18 +547,18 @@ def test_interpreter_exit_commits_the_queue(tmp_path):
 
 
 def test_an_idle_writer_thread_ends_and_the_next_row_starts_another(tmp_path, monkeypatch):
-    import runlog.store as store_module
+    import runlog.group_commit as group_commit
 
-    monkeypatch.setattr(store_module, "WRITER_IDLE_S", 0.05)
+    monkeypatch.setattr(group_commit, "WRITER_IDLE_S", 0.05)
     store = RunLog(tmp_path / "runs.sqlite")
     rid = store.start_run(user_id="1")
     other = sqlite3.connect(tmp_path / "runs.sqlite")
     for i in range(2):
         _task(store, rid, i)
-        first = store._writer
+        first = store._group.writer
         assert first is not None and first.is_alive()
         first.join(timeout=10)  # it commits the row, waits WRITER_IDLE_S, and ends
-        assert not first.is_alive() and store._writer is None
+        assert not first.is_alive() and store._group.writer is None
         assert other.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] == i + 1
     other.close()
     store.close()
