@@ -475,11 +475,13 @@ def compress_history(
 
     # item records, once per distinct item
     info: dict[str, tuple[str, str, str, str | None, float | None, dict[str, str]]] = {}
-    for r in h.select("item_id", *_ITEM_COLS).unique("item_id", keep="first").iter_rows(named=True):
-        attrs = json.loads(r["attributes"] or "{}") if r["attributes"] else {}
-        title = r["title"] if r["title"] is not None else f"item {r['item_id']}"
-        info[r["item_id"]] = (title, r["category"] or "", r["category_path"] or "", r["brand"], r["price"],
-                              {str(k): str(v) for k, v in attrs.items() if v is not None})
+    distinct = h.select("item_id", *_ITEM_COLS).unique("item_id", keep="first")
+    cols = {c: distinct[c].to_list() for c in ("item_id", "title", "category", "category_path", "brand", "price",
+                                                "attributes")}
+    for iid, title, cat, path, brand, price, attributes in zip(*cols.values(), strict=True):
+        attrs = json.loads(attributes) if attributes else {}
+        info[iid] = (title if title is not None else f"item {iid}", cat or "", path or "", brand, price,
+                     {str(k): str(v) for k, v in attrs.items() if v is not None})
     full_text = {iid: full_item_text(t, p, b, pr, a) for iid, (t, _c, p, b, pr, a) in info.items()}
 
     # raw and stage 1
@@ -496,7 +498,14 @@ def compress_history(
                            cfg.max_core_words)
     groups: dict[tuple, _Entry] = {}
     bucket_counts: Counter[str] = Counter()
-    raw_bucket = [bucket_of(ts_l[i], today, cfg) for i in kept_idx]
+    day_bucket: dict[date, Bucket] = {}  # one Bucket per distinct day, not per event
+    raw_bucket = []
+    for i in kept_idx:
+        d = ts_l[i].date()
+        b = day_bucket.get(d)
+        if b is None:
+            b = day_bucket[d] = bucket_of(ts_l[i], today, cfg)
+        raw_bucket.append(b)
     span: dict[Bucket, set[date]] = defaultdict(set)
     for i, b in zip(kept_idx, raw_bucket, strict=True):
         if b.granularity != "day":
@@ -539,8 +548,8 @@ def compress_history(
         s["beh"][e.behavior] += e.count
         s["last"] = max(s["last"], e.last_ts)
     items_out = [
-        ItemSummary(item_id=iid, label=labels[iid], count=s["count"], last_date=s["last"].date(),
-                    behaviors=dict(sorted(s["beh"].items())))
+        ItemSummary.model_construct(item_id=iid, label=labels[iid], count=s["count"], last_date=s["last"].date(),
+                                    behaviors=dict(sorted(s["beh"].items())))  # built here: no validation
         for iid, s in sorted(per_item.items(), key=lambda kv: labels[kv[0]])
     ]
     if not text:
@@ -647,11 +656,12 @@ def _summary(ts_l, beh_l, item_l, kept_idx, info, labels, today: date,
             r = recent.setdefault(item_l[i], [ts, 0])
             r[0] = max(r[0], ts)
             r[1] += 1
+    newest = sorted(recent.items(), key=lambda kv: (_newest_first(kv[1][0]), kv[0]))[: cfg.max_recent_purchases]
     recent_list = [
         RecentPurchase(item_id=iid, label=labels.get(iid) or core_label(info[iid][0], info[iid][5], cfg.max_core_words),
                        title=info[iid][0], last_date=last.date(), days_ago=(today - last.date()).days, count=cnt)
-        for iid, (last, cnt) in sorted(recent.items(), key=lambda kv: (_newest_first(kv[1][0]), kv[0]))
-    ][: cfg.max_recent_purchases]
+        for iid, (last, cnt) in newest
+    ]
     first = min(ts_l).date() if ts_l else None
     last = max(ts_l).date() if ts_l else None
     return HistorySummary(
