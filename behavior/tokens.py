@@ -72,6 +72,7 @@ class GGUFTokenCounter:
                 self._llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
             except (ValueError, RuntimeError) as e:
                 raise IntentRecError(f"could not load the tokenizer from {path}: {e}") from None
+        self._vocab = self._llm._model.vocab  # llama.cpp's vocabulary handle, for count()
         self.path = path
         self.name = path.name
 
@@ -81,7 +82,17 @@ class GGUFTokenCounter:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
     def count(self, text: str) -> int:
-        return len(self.tokenize(text))
+        """The number of tokens, from one tokenizer pass with no token buffer: llama.cpp returns minus
+        the count when the buffer is too small. (``tokenize`` first tries a buffer of the model's
+        training context, so a longer text, such as a long raw history, was tokenised twice, and then
+        copied into a Python list only to be measured.)"""
+        if not text:
+            return 0
+        import llama_cpp
+
+        data = text.encode("utf-8")
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), None, 0, False, False)
+        return -n if n < 0 else n
 
     __call__ = count
 

@@ -308,3 +308,13 @@ def test_keyword_overrides(count_tokens):
     assert res.stats.budget == 7 and res.stats.filtered_out == {"view": 1}
     with pytest.raises(ValueError, match="budgte"):
         compress_user(ds, "u", count_tokens, now=NOW, budgte=7)
+
+
+def test_the_token_count_is_the_length_of_the_tokenisation(count_tokens):
+    """``count`` asks llama.cpp for the length alone; it must equal ``len(tokenize(...))``, also past the
+    model's training context (8,192 tokens), where ``tokenize`` has to retry with a larger buffer."""
+    long = "Bananas, 40 lb: a regular ☃ in your basket, bought again and again.\n" * 900
+    texts = ["", "a", "milk", " leading and trailing spaces ", "2017-06-01 purchase | BREAD WHITE | qty 2", long]
+    counts = [count_tokens.count(t) for t in texts]
+    assert counts == [len(count_tokens.tokenize(t)) for t in texts]
+    assert counts[0] == 0 and counts[-1] > 8192
