@@ -59,6 +59,11 @@ class Problem(NamedTuple):
     detail: str = ""
 
 
+#: the ``persona`` of a final tag that the arbiter took from the candidate tools' ranking: no expert
+#: (no model) wrote it
+TOOL_REFILL_PERSONA = "candidate tools"
+
+
 @lru_cache(maxsize=1 << 16)
 def fold(word: str) -> str:
     """Lower-case and fold simple plurals, so "Bananas" and "banana" compare equal. Cached: the rules

@@ -24,8 +24,10 @@ from typing import Any
 from evals.run_stats import call_stats
 from evals.tag_eval import TagEvalError, _r, run_tag_eval
 
-#: the per-user hit fields compared in pairs
-PAIRED = (("hit", "hr@k"), ("discovery_hit", "discovery_hr@k"))
+#: the per-user hit fields compared in pairs (the expert_* ones: the experts' own final tags, without
+#: the arbiter's refill from the candidate tools)
+PAIRED = (("hit", "hr@k"), ("discovery_hit", "discovery_hr@k"), ("expert_hit", "expert_hr@k"),
+          ("expert_discovery_hit", "expert_discovery_hr@k"))
 
 
 def jaccard(a: Sequence[str], b: Sequence[str]) -> float | None:
@@ -71,6 +73,7 @@ def compare(first: dict[str, Any], second: dict[str, Any], *, names: Sequence[st
             "tags_per_user": _r(statistics.mean(len(x["tags"]) for x in recs)),
             "distinct_categories_per_user": _r(statistics.mean(len({t["category"] for t in x["tags"]}) for x in recs)),
             "users_without_tags": sum(1 for x in recs if not x["tags"]),
+            "expert_tags": (rep.get("intentrec") or {}).get("expert_tags"),
             "judge": (rep.get("intentrec") or {}).get("judge"),
             "calls": call_stats(store, [rep["intentrec"]["run_ids"][u] for u in users]),
         }
@@ -87,7 +90,7 @@ def compare(first: dict[str, Any], second: dict[str, Any], *, names: Sequence[st
         xs = [a[key] for a in agree if a[key] is not None]
         return _r(statistics.mean(xs)) if xs else None
 
-    paired = {label: paired_counts([pa[u]["intentrec"][f] for u in users], [pb[u]["intentrec"][f] for u in users])
+    paired = {label: paired_counts([pa[u]["intentrec"].get(f) for u in users], [pb[u]["intentrec"].get(f) for u in users])
               for f, label in PAIRED}
     baselines = {m: {"hr@k": first["metrics"][m]["hr@k"], "discovery_hr@k": first["metrics"][m]["discovery_hr@k"]}
                  for m in first["metrics"] if m != "intentrec"} if ua == ub else None
@@ -130,6 +133,9 @@ def render(report: dict[str, Any], console: Any = None) -> None:
             ("distinct categories / user", "distinct_categories_per_user"), ("users without tags", "users_without_tags")]
     for label, key in rows:
         t.add_row(label, str(report["by_batch"][a][key]), str(report["by_batch"][b][key]))
+    for label, key in (("expert-written tags / user", "per_user"), ("HR@K, expert-written tags only", "hr@k"),
+                       ("discovery HR@K, expert-written tags only", "discovery_hr@k")):
+        t.add_row(label, *(str((report["by_batch"][n]["expert_tags"] or {}).get(key)) for n in (a, b)))
     for label, key in (("model calls", "calls"), ("failed calls", "failed_calls"), ("unparsed calls", "unparsed_calls"),
                        ("valid share", "valid_share"), ("retried calls", "retried_calls"),
                        ("generated tokens / user", "completion_tokens_per_user"),

@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from agents.tag_rules import TOOL_REFILL_PERSONA
 from core.errors import IntentRecError
 from evals.run_stats import spread
 
@@ -548,6 +549,8 @@ def intentrec_outputs(store: Any, batch_id: str) -> dict[str, Any]:
             "run_id": it["run_id"], "status": run["status"],
             "tags": [t["tag"] for t in o.get("tags") or [] if t.get("tag")],
             "sources": [t.get("source") or "free" for t in o.get("tags") or [] if t.get("tag")],
+            # False for a tag the arbiter took from the candidate tools' ranking: no expert (no model) wrote it
+            "by_expert": [t.get("persona") != TOOL_REFILL_PERSONA for t in o.get("tags") or [] if t.get("tag")],
             "shortfall": sum(d.get("count", 0) for d in o.get("drops") or [] if d.get("reason") == "shortfall"),
             "filled_from_tools": sum(d.get("count", 0) for d in o.get("drops") or []
                                      if d.get("reason") == "filled_from_tools"),
@@ -557,6 +560,18 @@ def intentrec_outputs(store: Any, batch_id: str) -> dict[str, Any]:
             "judgements": store.judgements(vs["set_id"]) if vs else [],
         }
     return out
+
+
+def expert_tag_figures(recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The final tags an expert wrote (not the arbiter's refill from the candidate tools), per user: how
+    many, and the hit rates of those tags alone. This is the part of the list a model change can move;
+    the refill is the same for any model."""
+    hits = [r["expert_hit"] for r in recs if r.get("expert_hit") is not None]
+    disc = [r["expert_discovery_hit"] for r in recs if r.get("expert_discovery_hit") is not None]
+    return {"per_user": _r(mean([sum(1 for t in r["tags"] if t.get("by_expert")) for r in recs])),
+            "hr@k": _r(mean(hits)), "hits": int(sum(hits)),
+            "discovery_hr@k": _r(mean(disc)), "discovery_hits": int(sum(disc)),
+            "definition": "hit of the distinct categories of the final tags whose persona is an expert's"}
 
 
 def intentrec_summary(ir: dict[str, Any], users: Sequence[str]) -> dict[str, Any]:
@@ -727,9 +742,15 @@ def run_tag_eval(dataset: str | None = None, *, users: int | None = 30, cutoff: 
     table, per_user = score_methods(evaluated, facts, mapper, intentrec=tags, k=k, match_n=match_n)
     if ir is not None:
         for u in evaluated:  # each tag's candidate tool (or "free") and whether its category was bought in the window
-            for t, src in zip(per_user[u]["intentrec"]["tags"], ir["users"][u]["sources"], strict=False):
+            rec = per_user[u]["intentrec"]
+            for t, src, by_expert in zip(rec["tags"], ir["users"][u]["sources"], ir["users"][u]["by_expert"],
+                                         strict=False):
                 t["source"] = src
+                t["by_expert"] = by_expert
                 t["bought_in_window"] = t["category"] in facts.window.get(u, set())
+            own = distinct_in_order(t["category"] for t in rec["tags"] if t["by_expert"])
+            rec["expert_hit"] = hit(own, facts.next_cat.get(u), k)
+            rec["expert_discovery_hit"] = hit(own, facts.discovery.get(u), k)
     report: dict[str, Any] = {
         "command": "eval tags",
         "dataset": dataset or ds.name,
@@ -776,7 +797,8 @@ def run_tag_eval(dataset: str | None = None, *, users: int | None = 30, cutoff: 
         report["model"] = models[0] if len(models) == 1 else models
         report["context_settings"] = ir["settings"]
         report["intentrec"] = {"mapping_audit": mapping_audit(per_user, catalogue_categories(ds), facts.seen),
-                               **intentrec_summary(ir, evaluated)}
+                               **intentrec_summary(ir, evaluated),
+                               "expert_tags": expert_tag_figures([per_user[u]["intentrec"] for u in evaluated])}
         if not (info["spec"].get("index_cutoff") and info["spec"]["index_cutoff"] <= cutoff.date().isoformat()):
             report["notes"].append(f"the batch's index cutoff is {info['spec'].get('index_cutoff')!r}, not T: the "
                                    "retriever may have seen purchases after T")
@@ -837,6 +859,9 @@ def render(report: dict[str, Any], console: Any = None) -> None:
         console.print(f"explanations: {e['n']}, distinct-2 {_fmt(e['distinct_2'])}, IDF score {_fmt(e['idf'])}; "
                       f"run status {ir['run_status']}; users without tags {len(ir['users_without_tags'])}; "
                       f"tags dropped by the judge {ir['tags_dropped_by_judge']}")
+        x = ir.get("expert_tags") or {}
+        console.print(f"expert-written final tags: {_fmt(x.get('per_user'))} per user (the rest: the candidate tools' "
+                      f"refill); HR@{k} of those alone {_fmt(x.get('hr@k'))}, discovery {_fmt(x.get('discovery_hr@k'))}")
     ch = report.get("checks") or {}
     if "above_frontier" in ch:
         a = ch["above_frontier"]

@@ -63,6 +63,7 @@ from agents.context import Context
 from agents.expert import propose
 from agents.explainer import explain, facts_explanation, style_for
 from agents.planner import plan
+from agents.tag_rules import TOOL_REFILL_PERSONA
 from behavior.schema import Dataset
 from core.errors import EmptyHistoryError, IntentRecError
 from core.intervals import union_length
@@ -574,7 +575,7 @@ def _tool_refill(state: State, taken: list[dict], judged: set[str], n: int) -> l
         if norm in skip:
             continue
         skip.add(norm)
-        out.append({"tag": c["phrase"], "persona": "candidate tools", "intent": c.get("why", ""), "reason": "",
+        out.append({"tag": c["phrase"], "persona": TOOL_REFILL_PERSONA, "intent": c.get("why", ""), "reason": "",
                     "evidence": c.get("why", ""), "source": c["tool"]})
         if len(out) >= n:
             break

@@ -55,6 +55,9 @@ def test_tags_compare_on_two_scripted_batches(tmp_path, monkeypatch, capsys):
     for label, hits in (("hr@k", "hits"), ("discovery_hr@k", "discovery_hits")):
         c = r["paired"][label]
         assert c["both"] + c["only_first"] == two[hits] and c["both"] + c["only_second"] == one[hits]
+        # the experts wrote every tag here, so their own figures and pairs are the lists'
+        assert r["paired"][f"expert_{label}"] == c
+        assert two["expert_tags"][hits] == two[hits] and one["expert_tags"][hits] == one[hits]
     for side in (two, one):
         calls = side["calls"]
         assert calls["calls"] > 0 and calls["failed_calls"] == 0 and calls["unparsed_calls"] == 0
@@ -72,7 +75,7 @@ def test_tags_compare_on_two_scripted_batches(tmp_path, monkeypatch, capsys):
 
     code, out, err = run_cli(["eval", "tags-compare", "--batch", a, "--batch", b, "--runlog", path], monkeypatch, capsys)
     assert code == 0, err
-    assert "identical tag lists 0/3" in out and "users / min" in out
+    assert "identical tag lists 0/3" in out and "users / min" in out and "HR@K, expert-written tags only" in out
 
 
 def test_tags_compare_refuses_what_it_cannot_compare(tmp_path, monkeypatch, capsys):

@@ -215,6 +215,10 @@ def test_eval_tags_on_a_scripted_batch(tmp_path, monkeypatch, capsys):
     assert [t["tag"] for t in tags] == ["family organic cereal", "family frozen pizza"]
     assert [t["category"] for t in tags] == ["Cereal/Breakfast", "Frozen Pizza"] and all(t["similarity"] > 0.5 for t in tags)
     assert r["intentrec"]["mapping_audit"]["n_tags"] == 6  # open-vocabulary tags: audited where they are phrases
+    # the scripted experts wrote every tag (no refill from the candidate tools): their own figures are the list's
+    assert all(t["by_expert"] for u in r["users"]["evaluated"] for t in r["per_user"][u]["intentrec"]["tags"])
+    x = r["intentrec"]["expert_tags"]
+    assert x["per_user"] == 2.0 and x["hr@k"] == ir["hr@k"] and x["discovery_hr@k"] == ir["discovery_hr@k"]
     # the scripted judge grades everything good; every explanation is the same sentence
     j = r["intentrec"]["judge"]
     assert j["tag"]["pass"] == dict.fromkeys(TAG_DIMENSIONS, 1.0) and j["tag"]["grades"]["S"] == 1.0
@@ -250,3 +254,20 @@ def test_eval_tags_creates_then_reuses_its_batch(tmp_path, monkeypatch, capsys):
     code, out, err = run_cli(["eval", "tags", "--batch", first["batch"]["batch_id"], "--runlog", str(path),
                               "--backend", "openai"], monkeypatch, capsys)
     assert code == 2 and "drop --backend" in err
+
+
+def test_expert_tag_figures_leave_out_the_tools_refill():
+    from evals.tag_eval import expert_tag_figures
+
+    def tag(cat, by_expert):
+        return {"tag": cat.lower(), "category": cat, "by_expert": by_expert}
+
+    recs = [  # user 1: only the refill hits; user 2: an expert tag hits; user 3: no target
+        {"tags": [tag("Milk", True), tag("Bread", False)], "expert_hit": 0.0, "expert_discovery_hit": None},
+        {"tags": [tag("Eggs", True), tag("Soup", True), tag("Rice", False)], "expert_hit": 1.0,
+         "expert_discovery_hit": 1.0},
+        {"tags": [tag("Tea", False)], "expert_hit": None, "expert_discovery_hit": None},
+    ]
+    x = expert_tag_figures(recs)
+    assert x["per_user"] == 1.0  # (1 + 2 + 0) / 3
+    assert (x["hr@k"], x["hits"]) == (0.5, 1) and (x["discovery_hr@k"], x["discovery_hits"]) == (1.0, 1)

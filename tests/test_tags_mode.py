@@ -12,6 +12,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from agents.context import Context, Environment
 from agents.expert import expert_schema
+from agents.tag_rules import TOOL_REFILL_PERSONA
 from evals.tag_eval import CategoryFacts, frontier_at, paired, recall, verdicts
 from graphs.prepare import prepare_user
 from graphs.recommend import build_graph
@@ -107,7 +108,7 @@ def test_too_few_tags_end_as_a_recorded_shortfall(cj, items, user_id, monkeypatc
     assert len(short) == 1 and short[0]["count"] == 50 - len(out["tags"]) > 0
     filled = [d for d in out["drops"] if d["reason"] == "filled_from_tools"]
     # the experts' tags come first; every other tag came from the candidate tools
-    from_tools = [t for t in out["tags"] if t["persona"] == "candidate tools"]
+    from_tools = [t for t in out["tags"] if t["persona"] == TOOL_REFILL_PERSONA]
     # (the tag judge may still drop a refilled tag, so the refill count is an upper bound)
     assert filled and filled[0]["count"] >= len(from_tools) > 0
     assert all(t["source"] == "free" for t in out["tags"][:len(out["tags"]) - len(from_tools)])
