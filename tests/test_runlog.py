@@ -266,6 +266,14 @@ def test_sigkill_mid_run_leaves_readable_log_with_incomplete_run(tmp_path):
     assert ck.execute("SELECT COUNT(*) FROM checkpoints WHERE thread_id=?",
                       (runs[second]["thread_id"],)).fetchone()[0] >= 2
     ck.close()
+    # the last checkpoint the log names (what a fork resumes from) is on disk, with its state: both files
+    # group-commit, and a checkpoint is logged only after the checkpointer has committed it
+    last = runs[second]["last_checkpoint_id"]
+    saved = store.checkpointer().get_tuple({"configurable": {"thread_id": runs[second]["thread_id"],
+                                                             "checkpoint_ns": "", "checkpoint_id": last}})
+    assert last and saved is not None and saved.checkpoint["id"] == last
+    assert saved.checkpoint["channel_values"].get("shared_context")  # the state prepare wrote
+    store.close()
 
 
 def test_callbacks_off_by_default(monkeypatch):
