@@ -18,6 +18,15 @@ first commits the queue under the same lock, so:
 A write group that fails to commit is logged ("checkpoint write failed") and counted in
 ``write_errors`` (the run log adds it to its own count). ``close()`` commits what is queued and
 closes the connection.
+
+**Channel values once per version.** ``SqliteSaver`` stores every checkpoint with all of the
+graph's channel values inside it, so each step serialised and wrote the whole state again (the
+shared context, the candidate pool, the judge's requests), about 30 times per user. Like LangGraph's
+in-memory and Postgres savers, this one stores the checkpoint without its values and each value once
+in ``channel_blobs`` under its (thread, namespace, channel, version); ``get_tuple`` and ``list``
+put the values back. A value is written when its version is new, or when that version is not in
+``channel_blobs`` yet (a fork from a checkpoint written by the plain saver, whose values are inline:
+those checkpoints are read as they are). Versions carry a random suffix, so a fork never reuses one.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from typing import Any
 
 import structlog
 from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.base import WRITES_IDX_MAP
+from langgraph.checkpoint.base import WRITES_IDX_MAP, BaseCheckpointSaver, CheckpointTuple
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
 
@@ -42,8 +51,15 @@ _log = structlog.get_logger("intentrec.runlog")
 _WRITES_COLUMNS = "(thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, value)"
 
 
+#: one row per (thread, namespace, channel, version): a channel's value, stored once when it changes
+_BLOBS_TABLE = """CREATE TABLE IF NOT EXISTS channel_blobs (
+    thread_id TEXT NOT NULL, checkpoint_ns TEXT NOT NULL DEFAULT '', channel TEXT NOT NULL, version TEXT NOT NULL,
+    type TEXT NOT NULL, blob BLOB, PRIMARY KEY (thread_id, checkpoint_ns, channel, version))"""
+
+
 class GroupCommitSaver(SqliteSaver):
-    """``SqliteSaver`` whose ``put_writes`` is group committed (see the module docstring)."""
+    """``SqliteSaver`` whose ``put_writes`` is group committed and whose checkpoints store each channel's
+    value once per version (see the module docstring)."""
 
     def __init__(self, conn: sqlite3.Connection, *, serde: Any = None, name: str = "checkpoints"):
         super().__init__(conn, serde=serde)
@@ -51,6 +67,82 @@ class GroupCommitSaver(SqliteSaver):
         self.write_errors = 0
         self._group = GroupCommit(name=name, lock=self.lock, commit=self._commit_writes)
 
+    def setup(self) -> None:
+        if self.is_setup:
+            return
+        super().setup()
+        self.conn.execute(_BLOBS_TABLE)
+        self.conn.commit()
+
+    # ----- channel values, once per version -------------------------------------------------------
+    def put(self, config: RunnableConfig, checkpoint: Any, metadata: Any, new_versions: Any) -> RunnableConfig:
+        """Store the checkpoint without its channel values, and each value in ``channel_blobs`` under its
+        channel version, unless that version is already there. One transaction with the queued writes."""
+        conf = config["configurable"]
+        thread_id, ns = str(conf["thread_id"]), str(conf.get("checkpoint_ns", ""))
+        c = dict(checkpoint)
+        values: dict[str, Any] = c.pop("channel_values", None) or {}
+        c["channel_values"] = {}
+        versions = c.get("channel_versions") or {}
+        with self.lock:
+            self.setup()
+            unchanged = [ch for ch in values if ch not in new_versions and ch in versions]
+            stored = self._stored(thread_id, ns, [(ch, versions[ch]) for ch in unchanged])
+            rows = [(thread_id, ns, ch, str(versions[ch]), *self.serde.dumps_typed(v)) for ch, v in values.items()
+                    if ch in versions and (ch, str(versions[ch])) not in stored]
+            self.conn.executemany("INSERT OR IGNORE INTO channel_blobs VALUES (?, ?, ?, ?, ?, ?)", rows)
+            return super().put(config, c, metadata, new_versions)  # its cursor commits all of it
+
+    def _stored(self, thread_id: str, ns: str, pairs: Sequence[tuple[str, Any]]) -> set[tuple[str, str]]:
+        if not pairs:
+            return set()
+        marks = ", ".join("(?, ?)" for _ in pairs)
+        flat = [x for ch, ver in pairs for x in (ch, str(ver))]
+        return {(r[0], r[1]) for r in self.conn.execute(
+            f"SELECT channel, version FROM channel_blobs WHERE thread_id = ? AND checkpoint_ns = ?"
+            f" AND (channel, version) IN (VALUES {marks})", (thread_id, ns, *flat))}
+
+    def _with_values(self, t: CheckpointTuple | None) -> CheckpointTuple | None:
+        """Fill the channel values a checkpoint stored in ``channel_blobs`` (a checkpoint written by the
+        plain ``SqliteSaver`` holds them inline and is returned as it is)."""
+        if t is None:
+            return None
+        cp = t.checkpoint
+        values = dict(cp.get("channel_values") or {})
+        missing = [(ch, ver) for ch, ver in (cp.get("channel_versions") or {}).items() if ch not in values]
+        if missing:
+            conf = t.config["configurable"]
+            marks = ", ".join("(?, ?)" for _ in missing)
+            flat = [x for ch, ver in missing for x in (ch, str(ver))]
+            for ch, typ, blob in self.conn.execute(
+                    f"SELECT channel, type, blob FROM channel_blobs WHERE thread_id = ? AND checkpoint_ns = ?"
+                    f" AND (channel, version) IN (VALUES {marks})",
+                    (str(conf["thread_id"]), str(conf.get("checkpoint_ns", "")), *flat)):
+                values[ch] = self.serde.loads_typed((typ, blob))
+        return t._replace(checkpoint={**cp, "channel_values": values})
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        with self.lock:
+            return self._with_values(super().get_tuple(config))
+
+    def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
+             before: RunnableConfig | None = None, limit: int | None = None) -> Iterator[CheckpointTuple]:
+        with self.lock:
+            for t in super().list(config, filter=filter, before=before, limit=limit):
+                yield self._with_values(t)
+
+    def get_delta_channel_history(self, *, config: RunnableConfig, channels: Sequence[str]) -> Any:
+        # SqliteSaver's fast path reads channel values from the checkpoint blob; the generic one reads
+        # checkpoints through get_tuple/list, which fill them from channel_blobs
+        return BaseCheckpointSaver.get_delta_channel_history(self, config=config, channels=channels)
+
+    def delete_thread(self, thread_id: str) -> None:
+        with self.lock:
+            super().delete_thread(thread_id)
+            with self.cursor() as cur:
+                cur.execute("DELETE FROM channel_blobs WHERE thread_id = ?", (str(thread_id),))
+
+    # ----- task writes, group committed ---------------------------------------------------------
     @contextmanager
     def cursor(self, transaction: bool = True) -> Iterator[sqlite3.Cursor]:
         with self.lock:
@@ -83,18 +175,27 @@ class GroupCommitSaver(SqliteSaver):
         self._write(group, commit=True)
 
     def _write(self, group: list[tuple[str, list[tuple[Any, ...]]]], *, commit: bool) -> None:
-        try:
-            for sql, rows in group:
+        """Insert the group's task writes; commit when asked (otherwise the caller's transaction does).
+        A task's writes that fail alone are skipped by SQLite's statement rollback, and the transaction
+        goes on; a failed commit loses the group. Either is logged and counted."""
+        failed: list[str] = []
+        for sql, rows in group:
+            try:
                 self.conn.executemany(sql, rows)
-            if commit:
+            except sqlite3.Error as e:
+                failed.append(f"one task's writes: {type(e).__name__}: {e}")
+        if commit:
+            try:
                 self.conn.commit()
-        except sqlite3.Error as e:
-            with contextlib.suppress(sqlite3.Error):
-                self.conn.rollback()
-            self.write_errors += len(group)
+            except sqlite3.Error as e:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.rollback()
+                failed = [f"{len(group)} task writes: {type(e).__name__}: {e}"]
+                self.write_errors += len(group) - 1  # the line below adds the last one
+        self.write_errors += len(failed)
+        for what in failed:
             with contextlib.suppress(Exception):
-                _log.error("checkpoint write failed", path=self._group.name,
-                           error=f"{len(group)} task writes: {type(e).__name__}: {e}")
+                _log.error("checkpoint write failed", path=self._group.name, error=what)
 
     def close(self) -> None:
         """Commit what is queued and close the connection."""

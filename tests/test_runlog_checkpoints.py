@@ -122,3 +122,65 @@ def test_a_fanned_out_graph_resumes_from_group_committed_writes(tmp_path):
     assert sorted(graph.get_state(cfg).values["got"]) == [0, 10, 20, 30, 40, 50, 60, 70]
     assert _writes_on_disk(reopened.checkpoints_path) >= 8
     reopened.close()
+
+
+class _Chain(TypedDict, total=False):
+    big: str
+    n: int
+    got: Annotated[list[int], operator.add]
+
+
+def _chain_graph():
+    g = StateGraph(_Chain)
+    g.add_node("first", lambda s: {"big": "x" * 5000, "n": 0})
+    for i in range(1, 6):
+        g.add_node(f"step{i}", lambda s: {"n": s["n"] + 1, "got": [s["n"]]})
+    g.add_edge(START, "first")
+    g.add_edge("first", "step1")
+    for i in range(1, 5):
+        g.add_edge(f"step{i}", f"step{i + 1}")
+    g.add_edge("step5", END)
+    return g
+
+
+def test_each_channel_value_is_stored_once_per_version_and_every_snapshot_reads_back_whole(tmp_path):
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    cfg = {"configurable": {"thread_id": "chain"}}
+    reference = _chain_graph().compile(checkpointer=InMemorySaver())
+    reference.invoke({}, cfg, durability="sync")
+    store = RunLog(tmp_path / "runs.sqlite")
+    graph = _chain_graph().compile(checkpointer=store.checkpointer())
+    out = graph.invoke({}, cfg, durability="sync")
+    assert out["n"] == 5 and out["got"] == [0, 1, 2, 3, 4] and len(out["big"]) == 5000
+    history = [s.values for s in graph.get_state_history(cfg)]
+    assert history == [s.values for s in reference.get_state_history(cfg)] and len(history) == 8
+    ck = sqlite3.connect(store.checkpoints_path)
+    # the 5,000-character value was written once, in one step, and is stored once, not in every checkpoint
+    assert ck.execute("SELECT COUNT(*) FROM channel_blobs WHERE channel='big'").fetchone()[0] == 1
+    assert ck.execute("SELECT MAX(LENGTH(checkpoint)) FROM checkpoints").fetchone()[0] < 2000
+    ck.close()
+    store.close()
+
+
+def test_checkpoints_of_the_plain_saver_still_read_and_fork(tmp_path):
+    """A file written before (channel values inline): read back whole, and a fork from it keeps the
+    values it did not change, although they were never in channel_blobs."""
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    path = tmp_path / "runs.checkpoints.sqlite"
+    cfg = {"configurable": {"thread_id": "chain"}}
+    conn = sqlite3.connect(path, check_same_thread=False)
+    old = _chain_graph().compile(checkpointer=SqliteSaver(conn))
+    old.invoke({}, cfg, durability="sync")
+    conn.close()
+    store = RunLog(tmp_path / "runs.sqlite")
+    graph = _chain_graph().compile(checkpointer=store.checkpointer())
+    state = graph.get_state(cfg)
+    assert state.values["n"] == 5 and len(state.values["big"]) == 5000
+    third = next(s for s in graph.get_state_history(cfg) if s.next == ("step3",))
+    forked = graph.update_state(third.config, {"n": 100}, as_node="step2")
+    out = graph.invoke(None, forked, durability="sync")
+    assert out["n"] == 103 and len(out["big"]) == 5000 and out["got"][-3:] == [100, 101, 102]
+    assert len(graph.get_state(cfg).values["big"]) == 5000  # the fork's latest checkpoint, re-read from disk
+    store.close()
