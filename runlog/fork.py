@@ -23,6 +23,7 @@ its context is rebuilt from the original run's recorded request (``now`` and per
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from langgraph.errors import InvalidUpdateError
@@ -32,10 +33,17 @@ from runlog.recorder import RecordedRun
 from runlog.store import RunLogError, new_id
 
 
+def _is_overwrite(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"$overwrite"}
+
+
 def _decode(value: Any) -> Any:
-    if isinstance(value, dict) and set(value) == {"$overwrite"}:
-        return Overwrite(value["$overwrite"])
-    return value
+    return Overwrite(value["$overwrite"]) if _is_overwrite(value) else value
+
+
+#: state keys that hold lists of records, and the field each record must have (a plain string where a
+#: record belongs failed deep inside the node that read it)
+RECORD_KEYS = {"tags": "tag", "personas": "name", "candidates": "item_id", "tag_candidates": "phrase"}
 
 
 def check_edit(edit: Any) -> dict[str, Any]:
@@ -47,6 +55,17 @@ def check_edit(edit: Any) -> dict[str, Any]:
     unknown = sorted(set(edit) - keys)
     if unknown:
         raise RunLogError(f"unknown state key(s) in the edit: {unknown}; state keys: {sorted(keys)}")
+    for key, field in RECORD_KEYS.items():
+        if key not in edit:
+            continue
+        value = edit[key]
+        value = value["$overwrite"] if _is_overwrite(value) else value
+        if not isinstance(value, list):
+            raise RunLogError(f"--edit: {key!r} must be a list of objects, not {type(value).__name__}")
+        for i, rec in enumerate(value):
+            if not isinstance(rec, dict) or not rec.get(field):
+                raise RunLogError(f"--edit: {key}[{i}] must be an object with a non-empty {field!r} "
+                                  f"(got {json.dumps(rec)[:80]})")
     return {k: _decode(v) for k, v in edit.items()}
 
 

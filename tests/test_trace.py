@@ -186,6 +186,11 @@ def test_fork_errors(logged, monkeypatch, capsys):
         rec.fork(rid, node="retrieve", edit={"tagz": []})
     with pytest.raises(RunLogError, match="unknown run id"):
         rec.fork("0000ffff", node="retrieve", edit={})
+    # records, not strings: the error names the key, the position and the field
+    with pytest.raises(RunLogError, match=r"tags\[1\] must be an object with a non-empty 'tag'"):
+        rec.fork(rid, node="retrieve", edit={"tags": [{"tag": "organic milk"}, "whole wheat bread"]})
+    with pytest.raises(RunLogError, match="'personas' must be a list of objects, not str"):
+        rec.fork(rid, node="retrieve", edit={"personas": "baker"})
     code, _, err = run_cli(["trace", rid, "--fork", "retrieve", "--edit", "{tags: oops}", "--runlog",
                             str(logged["path"])], monkeypatch, capsys)
     assert code == 2 and "--edit is not valid JSON" in err
