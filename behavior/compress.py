@@ -476,9 +476,8 @@ def compress_history(
     # item records, once per distinct item
     info: dict[str, tuple[str, str, str, str | None, float | None, dict[str, str]]] = {}
     distinct = h.select("item_id", *_ITEM_COLS).unique("item_id", keep="first")
-    cols = {c: distinct[c].to_list() for c in ("item_id", "title", "category", "category_path", "brand", "price",
-                                                "attributes")}
-    for iid, title, cat, path, brand, price, attributes in zip(*cols.values(), strict=True):
+    cols = [distinct[c].to_list() for c in ("item_id", *_ITEM_COLS)]
+    for iid, title, cat, path, brand, price, attributes in zip(*cols, strict=True):
         attrs = json.loads(attributes) if attributes else {}
         info[iid] = (title if title is not None else f"item {iid}", cat or "", path or "", brand, price,
                      {str(k): str(v) for k, v in attrs.items() if v is not None})

@@ -73,6 +73,7 @@ class GGUFTokenCounter:
             except (ValueError, RuntimeError) as e:
                 raise IntentRecError(f"could not load the tokenizer from {path}: {e}") from None
         self._vocab = self._llm._model.vocab  # llama.cpp's vocabulary handle, for count()
+        self._llama_tokenize = llama_cpp.llama_tokenize
         self.path = path
         self.name = path.name
 
@@ -88,10 +89,8 @@ class GGUFTokenCounter:
         copied into a Python list only to be measured.)"""
         if not text:
             return 0
-        import llama_cpp
-
         data = text.encode("utf-8")
-        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), None, 0, False, False)
+        n = self._llama_tokenize(self._vocab, data, len(data), None, 0, False, False)
         return -n if n < 0 else n
 
     __call__ = count

@@ -39,15 +39,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import structlog
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import WRITES_IDX_MAP, BaseCheckpointSaver, CheckpointTuple
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
 
-from runlog.group_commit import GroupCommit
+from runlog.group_commit import GroupCommit, report_failures
 
-_log = structlog.get_logger("intentrec.runlog")
 _WRITES_COLUMNS = "(thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, value)"
 
 
@@ -87,20 +85,20 @@ class GroupCommitSaver(SqliteSaver):
         with self.lock:
             self.setup()
             unchanged = [ch for ch in values if ch not in new_versions and ch in versions]
-            stored = self._stored(thread_id, ns, [(ch, versions[ch]) for ch in unchanged])
+            stored = set(self._blobs("channel, version", thread_id, ns, [(ch, versions[ch]) for ch in unchanged]))
             rows = [(thread_id, ns, ch, str(versions[ch]), *self.serde.dumps_typed(v)) for ch, v in values.items()
                     if ch in versions and (ch, str(versions[ch])) not in stored]
             self.conn.executemany("INSERT OR IGNORE INTO channel_blobs VALUES (?, ?, ?, ?, ?, ?)", rows)
             return super().put(config, c, metadata, new_versions)  # its cursor commits all of it
 
-    def _stored(self, thread_id: str, ns: str, pairs: Sequence[tuple[str, Any]]) -> set[tuple[str, str]]:
+    def _blobs(self, columns: str, thread_id: str, ns: str, pairs: Sequence[tuple[str, Any]]) -> list[tuple]:
+        """``columns`` of the ``channel_blobs`` rows of ``thread_id``/``ns`` for these (channel, version) pairs."""
         if not pairs:
-            return set()
+            return []
         marks = ", ".join("(?, ?)" for _ in pairs)
         flat = [x for ch, ver in pairs for x in (ch, str(ver))]
-        return {(r[0], r[1]) for r in self.conn.execute(
-            f"SELECT channel, version FROM channel_blobs WHERE thread_id = ? AND checkpoint_ns = ?"
-            f" AND (channel, version) IN (VALUES {marks})", (thread_id, ns, *flat))}
+        return self.conn.execute(f"SELECT {columns} FROM channel_blobs WHERE thread_id = ? AND checkpoint_ns = ?"
+                                 f" AND (channel, version) IN (VALUES {marks})", (thread_id, ns, *flat)).fetchall()
 
     def _with_values(self, t: CheckpointTuple | None) -> CheckpointTuple | None:
         """Fill the channel values a checkpoint stored in ``channel_blobs`` (a checkpoint written by the
@@ -110,15 +108,10 @@ class GroupCommitSaver(SqliteSaver):
         cp = t.checkpoint
         values = dict(cp.get("channel_values") or {})
         missing = [(ch, ver) for ch, ver in (cp.get("channel_versions") or {}).items() if ch not in values]
-        if missing:
-            conf = t.config["configurable"]
-            marks = ", ".join("(?, ?)" for _ in missing)
-            flat = [x for ch, ver in missing for x in (ch, str(ver))]
-            for ch, typ, blob in self.conn.execute(
-                    f"SELECT channel, type, blob FROM channel_blobs WHERE thread_id = ? AND checkpoint_ns = ?"
-                    f" AND (channel, version) IN (VALUES {marks})",
-                    (str(conf["thread_id"]), str(conf.get("checkpoint_ns", "")), *flat)):
-                values[ch] = self.serde.loads_typed((typ, blob))
+        conf = t.config["configurable"]
+        for ch, typ, blob in self._blobs("channel, type, blob", str(conf["thread_id"]),
+                                         str(conf.get("checkpoint_ns", "")), missing):
+            values[ch] = self.serde.loads_typed((typ, blob))
         return t._replace(checkpoint={**cp, "channel_values": values})
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
@@ -192,10 +185,7 @@ class GroupCommitSaver(SqliteSaver):
                     self.conn.rollback()
                 failed = [f"{len(group)} task writes: {type(e).__name__}: {e}"]
                 self.write_errors += len(group) - 1  # the line below adds the last one
-        self.write_errors += len(failed)
-        for what in failed:
-            with contextlib.suppress(Exception):
-                _log.error("checkpoint write failed", path=self._group.name, error=what)
+        self.write_errors += report_failures(failed, event="checkpoint write failed", path=self._group.name)
 
     def close(self) -> None:
         """Commit what is queued and close the connection."""

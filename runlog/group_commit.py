@@ -112,6 +112,15 @@ class GroupCommit:
                 return
 
 
+def report_failures(failed: list[str], *, event: str, path: str) -> int:
+    """Log each failed row or group of a commit under ``event`` (never raising, even when a logging
+    sink is gone) and return how many there were, for the owner's error count."""
+    for what in failed:
+        with contextlib.suppress(Exception):
+            _log.error(event, path=path, error=what)
+    return len(failed)
+
+
 @atexit.register
 def _drain_open_queues() -> None:
     for group in list(_OPEN):
@@ -119,4 +128,4 @@ def _drain_open_queues() -> None:
             group.drain()
 
 
-__all__ = ["WRITER_IDLE_S", "GroupCommit"]
+__all__ = ["WRITER_IDLE_S", "GroupCommit", "report_failures"]

@@ -62,16 +62,14 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import structlog
 from langchain_core.messages import BaseMessage
 from pydantic import BaseModel
 
 from core.errors import IntentRecError
 from core.processes import pid_alive, start_ticks
-from runlog.group_commit import GroupCommit
+from runlog.group_commit import GroupCommit, report_failures
 
 SCHEMA_VERSION = 3
-_log = structlog.get_logger("intentrec.runlog")
 DEFAULT_FILE = "runs.sqlite"
 CHECKPOINTS_SUFFIX = ".checkpoints.sqlite"
 FINAL_OK = ("ok", "empty", "ok:fallback", "empty:fallback")
@@ -494,10 +492,7 @@ class RunLog:
                 self._conn.execute("ROLLBACK")
             failed = [f"the group of {len(group)} rows: {type(e).__name__}: {e}"]
             self._row_errors += len(group) - 1  # the line below adds the last one
-        self._row_errors += len(failed)
-        for what in failed:
-            with contextlib.suppress(Exception):  # nor because a logging sink is gone
-                _log.error("run log write failed", path=str(self.path), error=what)
+        self._row_errors += report_failures(failed, event="run log write failed", path=str(self.path))
 
     @property
     def write_errors(self) -> int:
