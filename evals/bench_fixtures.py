@@ -149,3 +149,22 @@ class SliceRetriever:
                                       score=1.0 - i * 0.01, tags=[tag] if tag else [],
                                       sources=["tag", "user"] if tag else ["user"]))
         return SliceResult(candidates=out)
+
+
+#: the per-call delay (ms) of :func:`scripted_factory`'s model, read in each ``batch --workers`` process
+DELAY_ENV = "INTENTREC_BENCH_DELAY_MS"
+
+
+def scripted_factory(store: Any) -> Any:
+    """``batch --factory evals.bench_fixtures:scripted_factory``: the scripted model (``DELAY_ENV``
+    ms per call) and the slice retriever over the default dataset, recording into ``store``; what
+    the bench's thread variants run, for the ``--workers`` processes."""
+    import os
+
+    from behavior.adapters import load_dataset_cached
+    from intentrec.service import IntentRec
+
+    ds = load_dataset_cached(None)
+    delay_s = float(os.environ.get(DELAY_ENV, "0")) / 1000
+    return IntentRec(dataset=ds, retriever=SliceRetriever.from_dataset(ds), models={"default": agent_model(delay_s)},
+                     runlog=store)

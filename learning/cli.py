@@ -31,6 +31,10 @@ def train_data(
     window: int = typer.Option(28, "--window", min=1, help="Days after a cutoff whose purchases are the targets."),
     users: int = typer.Option(50, "--users-per-cutoff", min=1, help="Seeded sample of eligible users per cutoff."),
     curriculum: int = typer.Option(200, "--curriculum", min=0, help="Curriculum rows (catalogue questions)."),
+    catalogue_size: int = typer.Option(None, "--catalogue-size", min=1, help="Phrases in the expert's enum "
+                                       "(default: the small-model prompt's); evaluate with --set catalogue_size=N."),
+    tags_per_expert: int = typer.Option(None, "--tags-per-expert", min=1, help="Most tags per expert answer and "
+                                        "target (default: the small-model prompt's); --set tags_per_expert=N."),
     seed: int = typer.Option(42, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
@@ -40,12 +44,14 @@ def train_data(
 
     t0 = time.perf_counter()
     cfg = BuildConfig(cutoffs=tuple(c.strip() for c in cutoffs.split(",")) if cutoffs else DEFAULT_CUTOFFS,
-                      eval_date=eval_date, window_days=window, users_per_cutoff=users, curriculum=curriculum, seed=seed)
+                      eval_date=eval_date, window_days=window, users_per_cutoff=users, curriculum=curriculum, seed=seed,
+                      **{k: v for k, v in {"catalogue_size": catalogue_size, "tags_per_expert": tags_per_expert}.items()
+                         if v is not None})
     rows, stats = build_examples(load_dataset_cached(dataset), cfg,
                                  progress=None if as_json else (lambda s: typer.echo(s, err=True)))
     n = write_jsonl(rows, out)
     _emit({"out": out, "rows": n, **stats.as_dict(), "cutoffs": list(cfg.cutoffs), "eval_date": eval_date,
-           "seed": seed, "wall_s": round(time.perf_counter() - t0, 1)}, as_json)
+           "catalogue_size": cfg.catalogue_size, "tags_per_expert": cfg.tags_per_expert, "seed": seed, "wall_s": round(time.perf_counter() - t0, 1)}, as_json)
 
 
 @train_app.command("sft")

@@ -69,6 +69,8 @@ class BuildConfig:
     min_events: int = 20
     n_personas: int = 3
     tags_per_expert: int = SMALL_MODEL_PROMPT["tags_per_expert"]
+    #: phrases in the expert's enum (the candidate tools' first N); evaluate with the same setting
+    catalogue_size: int = SMALL_MODEL_PROMPT["catalogue_size"]
     seed: int = 42
     curriculum: int = 200  # curriculum examples (half each task); 0: none
     #: a target shorter than this is topped up from the household's other bought types, and a persona
@@ -194,7 +196,8 @@ def build_examples(dataset: Dataset, config: BuildConfig, *, prompts: PromptRegi
     for ci, c in enumerate(sorted(_date(c) for c in config.cutoffs)):
         end = c + timedelta(days=config.window_days)
         ctx = Context(models={}, prompts=prompts, env=Environment.at(c), n_personas=config.n_personas,
-                      **{**SMALL_MODEL_PROMPT, "tags_per_expert": config.tags_per_expert},
+                      **{**SMALL_MODEL_PROMPT, "tags_per_expert": config.tags_per_expert,
+                         "catalogue_size": config.catalogue_size},
                       tag_vocabulary="catalogue", persona_source="categories")
         users = sample_users(dataset, c, config.window_days, min_events=config.min_events,
                              n=config.users_per_cutoff, seed=config.seed + ci)
@@ -235,6 +238,8 @@ def build_examples(dataset: Dataset, config: BuildConfig, *, prompts: PromptRegi
                                       "window_end": f"{end:%Y-%m-%d}", "persona": persona["name"],
                                       "targets": len(tags), "new_targets": sum(1 for _, n in tags if n),
                                       "vocabulary": list(vocab), "intents": ctx.intents_per_expert,
+                                      "catalogue_size": config.catalogue_size,
+                                      "tags_per_expert": config.tags_per_expert,
                                       # what the reward needs (learning.reward): the window's categories,
                                       # those new to the household, each phrase's category, recent buys
                                       "target_categories": sorted(window_cats),

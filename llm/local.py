@@ -87,6 +87,7 @@ from llm.schemas import (
     with_schema_hint,
 )
 from llm.settings import DEFAULT_MAX_TOKENS
+from llm.structured_cache import StructuredRunnables
 
 
 def default_threads() -> int:
@@ -377,6 +378,7 @@ class LocalChatModel(BaseChatModel):
     model_name: str = ""
 
     _last_timings: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _structured_chains: StructuredRunnables = PrivateAttr(default_factory=StructuredRunnables)
 
     @model_validator(mode="after")
     def _defaults(self) -> LocalChatModel:

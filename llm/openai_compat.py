@@ -81,6 +81,7 @@ from llm.schemas import (
     structured_runnable,
     with_schema_hint,
 )
+from llm.structured_cache import StructuredRunnables
 
 Method = Literal["auto", "json_schema", "function_calling", "json_mode"]
 METHOD_ORDER: tuple[str, ...] = ("json_schema", "function_calling", "json_mode")
@@ -205,6 +206,7 @@ class OpenAICompatChatModel(ChatOpenAI):
     _sem: Any = PrivateAttr(default=None)
     _asems: Any = PrivateAttr(default=None)
     _guard: Any = PrivateAttr(default_factory=threading.Lock)
+    _structured_chains: StructuredRunnables = PrivateAttr(default_factory=StructuredRunnables)
 
     # ----- identity -------------------------------------------------------------------------------
     @property

@@ -30,6 +30,8 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable, RunnableLambda
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
+from llm.structured_cache import StructuredRunnables
+
 Rule = Callable[[list[BaseMessage], type[BaseModel] | None], Any]
 
 
@@ -75,6 +77,7 @@ class ScriptedChatModel(BaseChatModel):
     _calls: list[ScriptedCall] = PrivateAttr(default_factory=list)
     _lock: Any = PrivateAttr(default_factory=threading.Lock)
     _schemas: dict[str, type[BaseModel]] = PrivateAttr(default_factory=dict)
+    _structured_chains: StructuredRunnables = PrivateAttr(default_factory=StructuredRunnables)
 
     @property
     def _llm_type(self) -> str:

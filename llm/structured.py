@@ -36,6 +36,7 @@ from pydantic import BaseModel, ValidationError
 
 from llm.errors import LLMError, StructuredOutputError
 from llm.schemas import raw_output_text, was_truncated, with_schema_hint
+from llm.structured_cache import structured_runnable_for
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -168,7 +169,7 @@ def structured_call(
     runnable_config: dict[str, Any] | None = None,
 ) -> StructuredResult[T]:
     """Call ``model`` for a ``schema`` object; retry with the validation error fed back."""
-    runnable = model.with_structured_output(schema, include_raw=True)
+    runnable = structured_runnable_for(model, schema)
     st = _Attempts(model, schema, messages, max_attempts)
     for attempt in range(1, max_attempts + 1):
         result = st.step(attempt, runnable.invoke(st.history, config=runnable_config))
@@ -186,7 +187,7 @@ async def astructured_call(
     runnable_config: dict[str, Any] | None = None,
 ) -> StructuredResult[T]:
     """Async twin of :func:`structured_call` (for batch concurrency against a server)."""
-    runnable = model.with_structured_output(schema, include_raw=True)
+    runnable = structured_runnable_for(model, schema)
     st = _Attempts(model, schema, messages, max_attempts)
     for attempt in range(1, max_attempts + 1):
         result = st.step(attempt, await runnable.ainvoke(st.history, config=runnable_config))

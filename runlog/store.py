@@ -351,15 +351,16 @@ def _native_keys(obj: Any) -> bool:
     return True
 
 
-def dumps(obj: Any) -> str | None:
+def dumps(obj: Any, *, str_keys: bool = False) -> str | None:
     """JSON text of ``plain(obj)``, with the same output. The C encoder walks lists, dicts and
     scalars itself and calls ``plain`` only for what it cannot encode (models, messages, dates, sets;
     ``plain`` writes str keys throughout), so a large, already plain value is not copied first. A
     dict with a non-``str`` key (``plain`` writes ``str(k)``, ``json`` would write ``true``/``null``)
-    takes the ``plain`` copy instead."""
+    takes the ``plain`` copy instead. ``str_keys=True`` skips looking for one, for a value whose
+    dict keys are all ``str`` by construction (:func:`compact`'s output)."""
     if obj is None:
         return None
-    if isinstance(obj, dict | list | tuple) and not _native_keys(obj):
+    if not str_keys and isinstance(obj, dict | list | tuple) and not _native_keys(obj):
         obj = plain(obj)
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=plain)
 
@@ -597,16 +598,18 @@ class RunLog:
     # ----- tasks and calls --------------------------------------------------------------------
     def task_started(self, run_id: str, *, task_id: str, seq: int, node: str, namespace: str,
                      parent_task_id: str | None, input_ref: dict[str, Any] | None, input_: Any) -> None:
+        """Queue a task's start row; ``input_`` is :func:`compact`'s output (str keys) or None."""
         self._enqueue("INSERT OR REPLACE INTO tasks(run_id, task_id, seq, parent_task_id, namespace, node, started_at,"
                       " input_ref_json, input_json) VALUES (?,?,?,?,?,?,?,?,?)",
                       (run_id, task_id, seq, parent_task_id, namespace, node, now_iso(), dumps(input_ref),
-                       dumps(input_)))
+                       dumps(input_, str_keys=True)))
 
     def task_finished(self, run_id: str, *, task_id: str, wall_s: float | None, result: Any,
                       error: str | None) -> None:
+        """Queue a task's end; ``result`` is :func:`compact`'s output (str keys)."""
         self._enqueue("UPDATE tasks SET ended_at=?, wall_s=?, result_json=?, error=? WHERE run_id=? AND task_id=?",
-                      (now_iso(), None if wall_s is None else round(wall_s, 4), dumps(result), error, run_id,
-                       task_id))
+                      (now_iso(), None if wall_s is None else round(wall_s, 4), dumps(result, str_keys=True), error,
+                       run_id, task_id))
 
     def add_call(self, run_id: str, *, node: str | None, subject: str | None, prompt: dict[str, Any] | None,
                  messages: Any, raw: str | None, parsed: Any, record: dict[str, Any] | None, error: str | None,

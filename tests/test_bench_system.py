@@ -177,6 +177,23 @@ def test_scripted_throughput_scales_with_concurrency(res, tmp_path):
     assert rows["1"]["cpu_s_per_user"] > 0 and tab["gil_bound_ceiling"] > 1
 
 
+def test_scripted_factory_builds_the_bench_stand_in_for_worker_processes(res, tmp_path, monkeypatch):
+    """``batch --factory evals.bench_fixtures:scripted_factory`` runs what the thread variants run:
+    the scripted model at the delay the environment names, the slice retriever, recording into the
+    worker's run log."""
+    from evals.bench_fixtures import DELAY_ENV, scripted_factory
+
+    monkeypatch.setenv(DELAY_ENV, "40")
+    store = RunLog(tmp_path / "runs.sqlite")
+    rec = scripted_factory(store)
+    model = rec.models["default"]
+    assert model.model_name == "scripted-agents" and model.latency_s == 0.04
+    assert isinstance(rec.retriever, SliceRetriever) and rec.runlog is store
+    out = rec.recommend(res.users(1)[0], now=res.now)
+    assert out["status"] == "ok" and store.get_run(out["run_id"])["status"] == "ok"
+    assert len(model.calls) >= 4 and len(store.calls(out["run_id"])) == len(model.calls)
+
+
 def test_latency_from_a_finished_batch(res, tmp_path):
     store = RunLog(tmp_path / "runs.sqlite")
     rec = bs.scripted_rec(res.dataset, delay_s=0.0, runlog=store, **TINY)

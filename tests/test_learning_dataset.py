@@ -192,3 +192,28 @@ def test_train_data_command_writes_rows_and_refuses_a_leaking_cutoff(tmp_path):
     assert report["cutoffs"] == [CUT] and report["eval_date"] == "2017-10-01"
     bad = CliRunner().invoke(app.app, ["train", "data", "--cutoffs", "2017-09-20", "--out", str(tmp_path / "x.jsonl")])
     assert bad.exit_code != 0 and "after the evaluation date 2017-10-01" in str(bad.exception or bad.output)
+
+
+def test_train_data_takes_the_enum_size_and_tags_per_expert(tmp_path):
+    """``--catalogue-size`` and ``--tags-per-expert`` reach the prompt's enum and the targets, as
+    ``--set catalogue_size=N --set tags_per_expert=M`` reach the graph that is evaluated."""
+    from typer.testing import CliRunner
+
+    import app
+
+    out = tmp_path / "sft.jsonl"
+    res = CliRunner().invoke(app.app, ["train", "data", "--cutoffs", CUT, "--users-per-cutoff", "8", "--curriculum", "0",
+                                       "--catalogue-size", "24", "--tags-per-expert", "7", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output[res.output.index("{"):])
+    assert report["catalogue_size"] == 24 and report["tags_per_expert"] == 7
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rows and all(r["meta"]["catalogue_size"] == 24 and r["meta"]["tags_per_expert"] == 7 for r in rows)
+    assert all(len(r["meta"]["vocabulary"]) == 24 for r in rows)
+    for r in rows:
+        answer = json.loads(r["completion"][0]["content"])
+        assert RewardConfig().min_tags <= len(answer["tags"]) <= 7
+        expert_schema(7, tuple(r["meta"]["vocabulary"]), 1).model_validate(answer)
+        with pytest.raises(pydantic.ValidationError):  # the enum is the 24 phrases, the limit 7 tags
+            expert_schema(7, tuple(r["meta"]["vocabulary"]), 1).model_validate(
+                {**answer, "tags": answer["tags"] + [{"tag": "not in the enum"}]})

@@ -398,7 +398,7 @@ def test_compact_caps_as_plain_then_cap_would_without_converting_what_it_cuts():
     from langgraph.types import Overwrite
     from pydantic import BaseModel
 
-    from runlog.store import compact, plain
+    from runlog.store import compact, dumps, plain
 
     def reference(obj, max_str, max_items, depth):
         if isinstance(obj, str):
@@ -427,12 +427,15 @@ def test_compact_caps_as_plain_then_cap_would_without_converting_what_it_cuts():
         where: Path
         items: tuple
 
-    state = {"tags": [Tag(tag="t" * 50, score=0.5) for _ in range(7)], 3: "int key", "msg": HumanMessage("x" * 90),
+    state = {"tags": [Tag(tag="t" * 50, score=0.5) for _ in range(7)], 3: "int key", True: "bool key", "msg": HumanMessage("x" * 90),
              "box": Box(date(2017, 10, 1), Path("/a/b"), tuple(range(9))), "set": {"only"},
              "over": Overwrite(["a", "b", "c", "d", "e", "f"]), "deep": {"a": {"b": {"c": {"d": [1, [2, [3]]]}}}},
              "none": None, "flag": True, "other": object.__new__(type("Odd", (), {"__repr__": lambda s: "odd!"}))}
     for caps in [(20, 3, 3), (400, 60, 6), (5, 1, 1), (10, 2, 0)]:
-        assert compact(state, max_str=caps[0], max_items=caps[1], depth=caps[2]) == reference(plain(state), *caps), caps
+        capped = compact(state, max_str=caps[0], max_items=caps[1], depth=caps[2])
+        assert capped == reference(plain(state), *caps), caps
+        # its keys are str throughout, so the run log writes it without looking for others
+        assert dumps(capped, str_keys=True) == dumps(capped) == dumps(plain(capped)), caps
 
     class Exploding(BaseModel):
         def model_dump(self, **kw):  # noqa: ARG002

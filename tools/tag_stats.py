@@ -92,6 +92,7 @@ class TagStats:
     rows: pl.DataFrame  # user_id, ts, t (type index), c (category index): the rows the tools read
     _cat_sim: np.ndarray | None = field(default=None, repr=False)
     _seasonal: list[Candidate] | None = field(default=None, repr=False)
+    _type_cat: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, dataset: Dataset, now: Any, *, behaviors: Sequence[str] = ("purchase",)) -> TagStats:
@@ -114,6 +115,13 @@ class TagStats:
             return {}
         row = self.user_type.getrow(r)
         return dict(zip(row.indices.tolist(), row.data.astype(int).tolist(), strict=True))
+
+    def type_category_codes(self) -> np.ndarray:
+        """``type_category`` as one integer code per type (equal codes, equal categories)."""
+        if self._type_cat is None:
+            ix = {c: i for i, c in enumerate(self.categories)}
+            self._type_cat = np.array([ix.get(c, -1 - i) for i, c in enumerate(self.type_category)], dtype=np.int64)
+        return self._type_cat
 
     def category_similarity(self) -> np.ndarray:
         """Item-item cosine between categories over the users × categories count matrix."""
@@ -210,8 +218,9 @@ def own_types(stats: TagStats, user_id: str, n: int = 40) -> list[Candidate]:
     return out
 
 
-def type_lift(stats: TagStats, a: int, b: int, both: float) -> float:
-    """Lift of types ``a`` and ``b`` that share ``both`` baskets: P(a, b) / (P(a) P(b))."""
+def type_lift(stats: TagStats, a: int, b: Any, both: Any) -> Any:
+    """Lift of types ``a`` and ``b`` that share ``both`` baskets: P(a, b) / (P(a) P(b)); ``b`` and
+    ``both`` may be arrays (one lift per pair)."""
     return both * stats.n_baskets / (stats.type_baskets[a] * stats.type_baskets[b])
 
 
@@ -224,15 +233,18 @@ def complements(stats: TagStats, user_id: str, n: int = 20, *, sources: int = CO
     if not counts or stats.n_baskets == 0:
         return []
     top = sorted(counts, key=lambda t: (-counts[t], stats.types[t]))[:sources]
+    bought = np.fromiter(counts, dtype=np.int64, count=len(counts))
+    cat, cooc = stats.type_category_codes(), stats.cooc
     best: dict[int, tuple[float, int, int]] = {}  # type -> (lift, source, support)
     for a in top:
-        row = stats.cooc.getrow(a)
-        for b, both in zip(row.indices.tolist(), row.data.tolist(), strict=True):
-            if b == a or b in counts or both < min_support or stats.type_category[b] == stats.type_category[a]:
-                continue
-            lift = type_lift(stats, a, b, both)
-            if b not in best or lift > best[b][0]:
-                best[b] = (lift, a, int(both))
+        lo, hi = cooc.indptr[a], cooc.indptr[a + 1]
+        b, both = cooc.indices[lo:hi], cooc.data[lo:hi]
+        keep = (b != a) & (both >= min_support) & (cat[b] != cat[a]) & ~np.isin(b, bought)
+        b, both = b[keep], both[keep]
+        lifts = type_lift(stats, a, b, both)  # the same float64 arithmetic as for one pair
+        for t, lift, n_both in zip(b.tolist(), lifts.tolist(), both.tolist(), strict=True):
+            if t not in best or lift > best[t][0]:
+                best[t] = (lift, a, int(n_both))
     order = sorted(best, key=lambda b: (-best[b][0], stats.types[b]))[:n]
     return [Candidate(stats.types[b], stats.type_category[b], "complement", round(float(best[b][0]), 4),
                       f"bought with {stats.types[best[b][1]]} (lift {best[b][0]:.1f}, {best[b][2]} baskets)")
