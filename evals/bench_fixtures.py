@@ -155,16 +155,21 @@ class SliceRetriever:
 DELAY_ENV = "INTENTREC_BENCH_DELAY_MS"
 
 
+def scripted_rec(dataset: Any, *, delay_s: float, runlog: Any, retriever: Any = None, **ctx: Any) -> Any:
+    """The bench's stand-in recommender: the scripted model at ``delay_s`` per call and the slice
+    retriever (unless ``retriever`` is given), recording into ``runlog``."""
+    from intentrec.service import IntentRec
+
+    return IntentRec(dataset=dataset, retriever=retriever or SliceRetriever.from_dataset(dataset),
+                     models={"default": agent_model(delay_s)}, runlog=runlog, **ctx)
+
+
 def scripted_factory(store: Any) -> Any:
-    """``batch --factory evals.bench_fixtures:scripted_factory``: the scripted model (``DELAY_ENV``
-    ms per call) and the slice retriever over the default dataset, recording into ``store``; what
-    the bench's thread variants run, for the ``--workers`` processes."""
+    """``batch --factory evals.bench_fixtures:scripted_factory``: :func:`scripted_rec` over the
+    default dataset at ``DELAY_ENV`` ms per call, recording into ``store``; what the bench's thread
+    variants run, for the ``--workers`` processes."""
     import os
 
     from behavior.adapters import load_dataset_cached
-    from intentrec.service import IntentRec
 
-    ds = load_dataset_cached(None)
-    delay_s = float(os.environ.get(DELAY_ENV, "0")) / 1000
-    return IntentRec(dataset=ds, retriever=SliceRetriever.from_dataset(ds), models={"default": agent_model(delay_s)},
-                     runlog=store)
+    return scripted_rec(load_dataset_cached(None), delay_s=float(os.environ.get(DELAY_ENV, "0")) / 1000, runlog=store)

@@ -62,6 +62,7 @@ from typing import Any
 
 from core.intervals import union_length
 from core.processes import free_port, stop, wait_http
+from evals.bench_fixtures import scripted_rec
 from evals.run_stats import percentile  # noqa: F401 (part of this module's API)
 from evals.run_stats import spread as _stats
 
@@ -486,14 +487,6 @@ def _batches(store: Any) -> list[dict[str, Any]]:
     from runlog.batches import BatchStore
 
     return BatchStore(store).list(limit=None)
-
-
-def scripted_rec(dataset: Any, *, delay_s: float, runlog: Any, retriever: Any = None, **ctx: Any) -> Any:
-    from evals.bench_fixtures import SliceRetriever, agent_model
-    from intentrec.service import IntentRec
-
-    return IntentRec(dataset=dataset, retriever=retriever or SliceRetriever.from_dataset(dataset),
-                     models={"default": agent_model(delay_s)}, runlog=runlog, **ctx)
 
 
 def section_overhead_scripted(res: Resources, *, users: int, workdir: Path, profile: bool = True,

@@ -51,7 +51,8 @@ def train_data(
                                  progress=None if as_json else (lambda s: typer.echo(s, err=True)))
     n = write_jsonl(rows, out)
     _emit({"out": out, "rows": n, **stats.as_dict(), "cutoffs": list(cfg.cutoffs), "eval_date": eval_date,
-           "catalogue_size": cfg.catalogue_size, "tags_per_expert": cfg.tags_per_expert, "seed": seed, "wall_s": round(time.perf_counter() - t0, 1)}, as_json)
+           "catalogue_size": cfg.catalogue_size, "tags_per_expert": cfg.tags_per_expert, "seed": seed,
+           "wall_s": round(time.perf_counter() - t0, 1)}, as_json)
 
 
 @train_app.command("sft")
